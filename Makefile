@@ -1,0 +1,27 @@
+# The two commands of the README. Each sets up .venv on first use, with the CPU
+# build of torch pinned so that pip never pulls a CUDA build.
+PY      := .venv/bin/python
+STAMP   := .venv/.installed
+PROFILE ?= quick
+
+.PHONY: figures test lint bench clean-venv
+
+$(STAMP): pyproject.toml
+	python3 -m venv .venv
+	$(PY) -m pip install --quiet --upgrade pip
+	$(PY) -m pip install --quiet torch==2.13.0
+	$(PY) -m pip install --quiet -e '.[test]'
+	touch $(STAMP)
+
+figures: $(STAMP)
+	$(PY) -m figures --profile $(PROFILE) $(ARGS)
+
+test: $(STAMP)
+	$(PY) -m ruff check theory experiments figures tests
+	$(PY) -m pytest -q $(ARGS)
+
+bench: $(STAMP)
+	$(PY) -m experiments.bench_scores $(ARGS)
+
+clean-venv:
+	rm -rf .venv

@@ -1,0 +1,263 @@
+"""Running an experiment: profiles, overrides, resumable units of work, results JSON.
+
+Every experiment module defines
+
+    NAME: str                       file stem of its outputs ("loss_gap" -> loss_gap.json/.png/.pdf)
+    PROFILES: dict[str, dict]       "smoke" (seconds, tests), "quick" (CPU minutes), "paper" (GPU)
+    compute(config, units) -> dict  every number the figure shows; ``units`` caches finished work
+    plot(result, stem) -> list[Path]
+
+and ends with ``if __name__ == "__main__": main(sys.modules[__name__])``. ``execute`` then
+gives all of them the same behaviour: ``--set key=value`` overrides, a finished result
+reused unless ``--force``, an interrupted run resumed from its finished units, JSON
+written atomically with config, seed, versions, commit and wall time, and the figure
+drawn from the JSON (so re-plotting never recomputes).
+"""
+
+from __future__ import annotations
+
+import argparse
+import ast
+import json
+import os
+import platform
+import subprocess
+import tempfile
+import time
+from collections.abc import Callable, Iterable
+from pathlib import Path
+from types import ModuleType
+from typing import Any
+
+import numpy as np
+import torch
+
+__all__ = [
+    "REPO_ROOT",
+    "PROFILE_NAMES",
+    "Units",
+    "apply_overrides",
+    "atomic_write_json",
+    "atomic_write_bytes",
+    "default_out_dir",
+    "execute",
+    "main",
+    "provenance",
+    "resolve_device",
+]
+
+REPO_ROOT = Path(__file__).resolve().parents[2]
+PROFILE_NAMES = ("smoke", "quick", "paper")
+
+
+# -- files ----------------------------------------------------------------------------------
+
+
+def atomic_write_bytes(path: Path, data: bytes) -> None:
+    """Write data to path via a temporary file and a rename, so no reader sees half a file."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def _jsonable(obj: Any) -> Any:
+    if isinstance(obj, dict):
+        return {str(k): _jsonable(v) for k, v in obj.items()}
+    if isinstance(obj, list | tuple):
+        return [_jsonable(v) for v in obj]
+    if isinstance(obj, np.ndarray | torch.Tensor):
+        return _jsonable(obj.tolist())
+    if isinstance(obj, np.generic):
+        return obj.item()
+    if isinstance(obj, float) and not np.isfinite(obj):
+        raise ValueError(f"refusing to write a non-finite number ({obj}) to a results file")
+    return obj
+
+
+def atomic_write_json(path: Path, obj: Any) -> None:
+    """Write obj as indented JSON atomically; NumPy/torch values become lists and floats."""
+    atomic_write_bytes(path, (json.dumps(_jsonable(obj), indent=1) + "\n").encode())
+
+
+# -- configuration --------------------------------------------------------------------------
+
+
+def _parse_value(text: str) -> Any:
+    try:
+        return ast.literal_eval(text)
+    except (ValueError, SyntaxError):
+        return text  # a bare word such as device=cpu
+
+
+def apply_overrides(config: dict, sets: Iterable[str]) -> dict:
+    """A copy of config with each "key=value" applied; value is a Python literal.
+
+    Unknown keys and values of another type than the default raise ValueError naming them.
+    """
+    out = dict(config)
+    for item in sets:
+        if "=" not in item:
+            raise ValueError(f"--set expects key=value, got {item!r}")
+        key, text = item.split("=", 1)
+        if key not in config:
+            raise ValueError(f"--set: unknown key {key!r}; known keys: {', '.join(sorted(config))}")
+        value, default = _parse_value(text), config[key]
+        if isinstance(default, bool):
+            ok = isinstance(value, bool)
+        elif isinstance(default, float):
+            ok = isinstance(value, int | float) and not isinstance(value, bool)
+        elif isinstance(default, list | tuple):
+            ok = isinstance(value, list | tuple)
+        else:
+            ok = isinstance(value, type(default)) and not isinstance(value, bool)
+        if not ok:
+            raise ValueError(
+                f"--set {key}: expected a {type(default).__name__} like {default!r}, got {text!r}"
+            )
+        out[key] = float(value) if isinstance(default, float) else value
+    return out
+
+
+def resolve_device(device: str) -> torch.device:
+    """'auto' picks CUDA when present; otherwise the named device."""
+    if device == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(device)
+
+
+def _git_commit() -> str | None:
+    try:
+        head = subprocess.run(
+            ["git", "rev-parse", "HEAD"], cwd=REPO_ROOT, capture_output=True, text=True, check=True
+        ).stdout.strip()
+        dirty = subprocess.run(
+            ["git", "status", "--porcelain", "--untracked-files=no"],
+            cwd=REPO_ROOT, capture_output=True, text=True, check=True,
+        ).stdout.strip()
+    except (OSError, subprocess.CalledProcessError):
+        return None
+    return head + ("-dirty" if dirty else "")
+
+
+def provenance() -> dict:
+    """Versions, commit and hardware, stored with every result."""
+    import scipy
+    import sympy
+
+    return {
+        "python": platform.python_version(),
+        "torch": torch.__version__,
+        "numpy": np.__version__,
+        "scipy": scipy.__version__,
+        "sympy": sympy.__version__,
+        "platform": platform.platform(),
+        "cpu_threads": torch.get_num_threads(),
+        "cuda": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None,
+        "commit": _git_commit(),
+    }
+
+
+# -- resumable work ---------------------------------------------------------------------------
+
+
+class Units:
+    """Finished units of work of one run, kept in a partial file beside the result.
+
+    ``units.get(key, fn)`` returns the stored value of ``key`` or computes ``fn()``, stores it
+    and saves the file atomically, so a run killed at any point resumes after its last
+    finished unit. The partial file is tied to the config: a different config starts afresh.
+    """
+
+    def __init__(self, path: Path | None, config: dict) -> None:
+        self.path, self.config = path, _jsonable(config)
+        self.done: dict[str, Any] = {}
+        if path is not None and path.exists():
+            stored = json.loads(path.read_text())
+            if stored.get("config") == self.config:
+                self.done = stored["units"]
+                print(f"resuming {path.name}: {len(self.done)} finished units")
+
+    def get(self, key: str, fn: Callable[[], Any]) -> Any:
+        if key not in self.done:
+            self.done[key] = _jsonable(fn())
+            if self.path is not None:
+                atomic_write_json(self.path, {"config": self.config, "units": self.done})
+        return self.done[key]
+
+    def discard(self) -> None:
+        if self.path is not None:
+            self.path.unlink(missing_ok=True)
+
+
+def default_out_dir(profile: str) -> Path:
+    """figures/ for the quick profile (what the README shows), runs/<profile>/ otherwise."""
+    return REPO_ROOT / "figures" if profile == "quick" else REPO_ROOT / "runs" / profile
+
+
+def execute(
+    experiment: ModuleType,
+    profile: str = "quick",
+    overrides: Iterable[str] = (),
+    out_dir: Path | None = None,
+    force: bool = False,
+    plot: bool = True,
+) -> dict:
+    """Run (or reuse) one experiment's profile; write <out>/<NAME>.json and its figure."""
+    if profile not in experiment.PROFILES:
+        raise ValueError(f"profile must be one of {sorted(experiment.PROFILES)}, got {profile!r}")
+    config = apply_overrides(experiment.PROFILES[profile], overrides)
+    out_dir = Path(out_dir) if out_dir is not None else default_out_dir(profile)
+    path = out_dir / f"{experiment.NAME}.json"
+    result = None
+    if path.exists() and not force:
+        stored = json.loads(path.read_text())
+        if stored.get("config") == _jsonable(config) and stored.get("profile") == profile:
+            print(f"{experiment.NAME}: reusing {path} (--force recomputes)")
+            result = stored
+    if result is None:
+        units = Units(out_dir / f"{experiment.NAME}.partial.json", config)
+        start = time.perf_counter()
+        numbers = experiment.compute(config, units)
+        result = {
+            "name": experiment.NAME,
+            "profile": profile,
+            "config": _jsonable(config),
+            "seed": config.get("seed"),
+            "provenance": provenance(),
+            "wall_time_s": round(time.perf_counter() - start, 2),
+            "results": _jsonable(numbers),
+        }
+        atomic_write_json(path, result)
+        units.discard()
+        print(f"{experiment.NAME}: wrote {path} in {result['wall_time_s']} s")
+    if plot:
+        for p in experiment.plot(result, out_dir / experiment.NAME):
+            print(f"{experiment.NAME}: drew {p}")
+    return result
+
+
+def main(experiment: ModuleType, argv: list[str] | None = None) -> dict:
+    """Command line of every experiment script: --profile, --set, --out, --force, --no-plot."""
+    summary = (experiment.__doc__ or "").split("\n")[0]
+    parser = argparse.ArgumentParser(prog=f"python -m {experiment.__name__}", description=summary)
+    parser.add_argument("--profile", default="quick", choices=sorted(experiment.PROFILES))
+    parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                        help="override a config entry (Python literal), repeatable")
+    parser.add_argument("--out", type=Path, default=None,
+                        help="output folder (default: figures/ if quick, else runs/<profile>/)")
+    parser.add_argument("--force", action="store_true", help="recompute even if a result exists")
+    parser.add_argument("--no-plot", action="store_true", help="write the JSON only")
+    args = parser.parse_args(argv)
+    try:
+        return execute(experiment, args.profile, args.set, args.out, args.force, not args.no_plot)
+    except ValueError as err:
+        parser.error(str(err))

@@ -1,0 +1,44 @@
+"""Run every registered experiment's profile and draw its figure.
+
+    python -m figures                     # quick profile, into figures/ (what the README shows)
+    python -m figures --profile paper     # paper scale (GPU), into runs/paper/
+    python -m figures --only loss_gap --force
+
+A finished result is reused (only the figure is redrawn) unless --force is given.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import time
+from pathlib import Path
+
+from experiments.common.runs import PROFILE_NAMES, execute
+from figures import REGISTRY
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(prog="python -m figures", description=__doc__.split("\n")[0])
+    parser.add_argument("--profile", default="quick", choices=PROFILE_NAMES)
+    parser.add_argument("--only", action="append", default=[], metavar="NAME",
+                        help="run only this experiment (its NAME, e.g. loss_gap); repeatable")
+    parser.add_argument("--out", type=Path, default=None, help="output folder")
+    parser.add_argument("--force", action="store_true", help="recompute finished results")
+    args = parser.parse_args(argv)
+
+    modules = [importlib.import_module(name) for name in REGISTRY]
+    known = {m.NAME for m in modules}
+    unknown = set(args.only) - known
+    if unknown:
+        parser.error(f"--only: unknown experiment(s) {sorted(unknown)}; known: {sorted(known)}")
+    for module in modules:
+        if args.only and module.NAME not in args.only:
+            continue
+        start = time.perf_counter()
+        execute(module, args.profile, out_dir=args.out, force=args.force)
+        print(f"[{module.NAME}] done in {time.perf_counter() - start:.1f} s")
+
+
+if __name__ == "__main__":
+    main()
