@@ -85,8 +85,10 @@ def integrated_small_t_gap(
     lam = _eigvals(eigvals, d)
 
     def antiderivative(t: float) -> float:
-        em1 = math.expm1(t)
-        return float(np.sum(math.log(em1) - np.log(em1 + lam)))
+        # log(e^t - 1) - log(e^t - 1 + lam), divided through by e^t so that large T
+        # neither overflows nor cancels.
+        s2, a2 = -math.expm1(-t), math.exp(-t)
+        return float(np.sum(math.log(s2) - np.log(s2 + a2 * lam)))
 
     return antiderivative(T) - antiderivative(t0)
 

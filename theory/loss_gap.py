@@ -216,7 +216,7 @@ def dataset_mean(values: Sequence[float], level: float = 0.95) -> DatasetMean:
     """
     v = np.asarray(values, dtype=float)
     if v.size < 2:
-        raise ValueError(f"need estimates from at least 2 datasets, got {v.size}")
+        raise ValueError(f"values must hold estimates from at least 2 datasets, got {v.size}")
     if not np.isfinite(v).all():
         raise ValueError("values must be finite")
     se = float(v.std(ddof=1) / math.sqrt(v.size))

@@ -52,9 +52,13 @@ class GaussianMixture:
             lam, self.rotation = torch.linalg.eigh(cov.to(dtype=dtype, device=device))
             self._cov_matrix = cov.to(dtype=dtype, device=device)
         else:
-            lam = torch.as_tensor(cov, dtype=dtype, device=device).expand(d).clone()
-            if lam.shape != (d,):
-                raise ValueError(f"cov must be a float, shape (d,) or (d, d); d = {d}")
+            lam = torch.as_tensor(cov, dtype=dtype, device=device)
+            if lam.ndim > 1 or (lam.ndim == 1 and lam.shape != (d,)):
+                raise ValueError(
+                    f"cov must be a float, a tensor of shape (d,) or (d, d) with d = {d}, "
+                    f"got shape {tuple(lam.shape)}"
+                )
+            lam = lam.expand(d).clone()
             self._cov_matrix = None
         if not torch.isfinite(lam).all() or (lam < -1e-9 * max(1.0, lam.abs().max().item())).any():
             lowest = lam.min().item()

@@ -113,8 +113,9 @@ class BetaTimeSampler:
     """
 
     def __init__(self, a: float, b: float, t0: float, T: float) -> None:
-        if not (a > 0 and b > 0):
-            raise ValueError(f"Beta parameters a, b must be > 0, got a={a}, b={b}")
+        for name, value in (("a", a), ("b", b)):
+            if not value > 0:
+                raise ValueError(f"Beta parameter {name} must be > 0, got {value}")
         check_time(t0, name="t0")
         if not T > t0:
             raise ValueError(f"T must exceed t0={t0}, got {T}")
