@@ -303,8 +303,10 @@ def plot(result: dict, stem) -> list:
 
     ax = axes[1, 0]  # (d)
     lip = r["lipschitz"]
-    ax.fill_between(times, positive(lip["lemma_lower"]), lip["lemma_upper"], color="0.85",
-                    label="Lemma C.1 bounds (lower > 0 only)")
+    ax.fill_between(times, positive(lip["lemma_lower"]), lip["lemma_upper"], color="0.88")
+    ax.plot(times, lip["lemma_upper"], color="0.45", lw=1, label="Lemma C.1 upper bound")
+    ax.plot(times, positive(lip["lemma_lower"]), color="0.45", lw=1, ls="--",
+            label="Lemma C.1 lower bound (where > 0)")
     ax.plot(times, lip["searched"], "o-", color=COLORS[3], label="empirical, searched sup")
     ax.plot(times, lip["emp_mean"], "-", color=COLORS[1], label=r"empirical, mean under $\hat P_t$")
     ax.plot(times, lip["true_max"], "s-", color=COLORS[2], ms=3, label=r"true, max under $P_t$")
@@ -312,7 +314,7 @@ def plot(result: dict, stem) -> list:
             label=r"Gaussian: $1/(\sigma^2+\alpha^2\lambda_{min})$")
     ax.set(xscale="log", yscale="log", xlabel="t", ylabel=r"$\|\nabla^2 \log p_t\|_2$",
            title=f"(d) Lipschitz constants, n = {cfg['lipschitz_n']}")
-    ax.legend(loc="lower left")
+    ax.legend(loc="upper right")
 
     ax = axes[1, 1]  # (e)
     nv = np.array([float(n) for n in ns])
