@@ -23,6 +23,7 @@ import sys
 
 import numpy as np
 import torch
+from matplotlib import colormaps
 from tqdm import tqdm
 
 from experiments.common.plotting import COLORS, band, new_figure, positive, save_figure
@@ -81,7 +82,7 @@ def mixture_for(config: dict, d: int, cov_scale: float = 1.0) -> GaussianMixture
     return GaussianMixture(m.means.to(device, dtype), cov_scale)
 
 
-# -- (a, b, c, e) Loss-Gap_t on one training set --------------------------------------------------
+# -- (a, b, c, e, f) Loss-Gap_t on one training set ---------------------------------------------
 
 
 def gaps_on_dataset(mixture: GaussianMixture, n: int, times, num_draws: int, g) -> dict:
@@ -125,6 +126,14 @@ def over_datasets(units: Units, key: str, stream: tuple[int, ...], config: dict,
         ]
         out["max_abs_z_direct_vs_fisher"] = float(np.max(z))
     return out
+
+
+def integrated_on_dataset(mixture: GaussianMixture, n: int, config: dict, g) -> dict:
+    """int_{t0}^{T} Loss-Gap_t dt on one training set (Fisher form, Gauss-Legendre in log t)."""
+    points = mixture.sample(n, g)
+    est, _, _ = integrated_loss_gap(
+        mixture, points, config["t0"], config["T"], config["num_nodes"], config["num_draws"], g)
+    return {"fisher": {"value": [est.value], "stderr": [est.stderr]}}
 
 
 # -- (d) Lemma C.1: Lipschitz constants ------------------------------------------------------------
@@ -182,7 +191,6 @@ def lipschitz_at(mixture: GaussianMixture, config: dict, times, g) -> dict:
 
 def compute(config: dict, units: Units) -> dict:
     """Every number Fig. 1 shows; units cache finished (setting, dataset) pairs."""
-    torch.manual_seed(config["seed"])
     d = config["d"]
     times = np.geomspace(config["t_min"], config["t_max"], config["num_times"])
     base = mixture_for(config, d)
@@ -229,19 +237,11 @@ def compute(config: dict, units: Units) -> dict:
     result["lipschitz"] = units.get(
         "lipschitz", lambda: lipschitz_at(base, config, times, generator(config["seed"], 99)))
     result["gaussian_hessian_norm"] = gaussian_hessian_norm(times, lam)
-    result["checks"] = closed_form_checks(result, config)
+    result["checks"] = closed_form_checks(result)
     return result
 
 
-def integrated_on_dataset(mixture: GaussianMixture, n: int, config: dict, g) -> dict:
-    """int_{t0}^{T} Loss-Gap_t dt on one training set (Fisher form, Gauss-Legendre in log t)."""
-    points = mixture.sample(n, g)
-    est, _, _ = integrated_loss_gap(
-        mixture, points, config["t0"], config["T"], config["num_nodes"], config["num_draws"], g)
-    return {"fisher": {"value": [est.value], "stderr": [est.stderr]}}
-
-
-def closed_form_checks(result: dict, config: dict) -> dict:
+def closed_form_checks(result: dict) -> dict:
     """Acceptance numbers: relative error to the closed form for t <= 0.3; monotonicity in t."""
     times = np.asarray(result["times"])
     small = times <= 0.3
@@ -265,12 +265,11 @@ def plot(result: dict, stem) -> list:
     r, cfg = result["results"], result["config"]
     times = np.asarray(r["times"])
     fig, axes = new_figure(2, 3, width=10.5, height=3.0)
-    cmap = __import__("matplotlib").colormaps["viridis"]
 
     ax = axes[0, 0]  # (a)
     ns = list(r["by_n"])
     for i, n in enumerate(ns):
-        c = cmap(i / max(1, len(ns) - 1))
+        c = colormaps["viridis"](i / max(1, len(ns) - 1))
         f, dct = r["by_n"][n]["fisher"], r["by_n"][n]["direct"]
         band(ax, times, f["mean"], f["ci_low"], f["ci_high"], c, label=f"n = {n}")
         ax.plot(times, dct["mean"], ls="none", marker="o", mfc="none", color=c, ms=3.5)
