@@ -1,0 +1,159 @@
+"""The network class F(W, L, N) (§5): ScoreMLP, its parameter count, and the width ensemble."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from theory.networks import (
+    PARAMETRIZATIONS,
+    LogTimeEmbedding,
+    MLPEnsemble,
+    ScoreMLP,
+    mlp_param_count,
+    width_groups,
+)
+from theory.process import alpha, sigma2
+
+widths_st = st.lists(st.integers(1, 40), min_size=1, max_size=6)
+
+
+@settings(max_examples=30, deadline=None)
+@given(st.integers(1, 6), st.integers(1, 50), st.integers(1, 4), st.sampled_from([2, 4, 16]))
+def test_param_count_formula(d, width, depth, emb):
+    net = ScoreMLP(d, width, depth, emb)
+    assert net.num_params == mlp_param_count(d + emb, width, depth, d)
+    if depth == 1:
+        assert net.num_params == (d + emb + 1) * width + (width + 1) * d
+
+
+def test_time_conditioning_changes_outputs():
+    torch.manual_seed(0)
+    net = ScoreMLP(3, 32, 2, parametrization="score").double()
+    x = torch.randn(5, 3, dtype=torch.float64)
+    a, b = net(x, 0.01), net(x, 1.0)
+    assert (a - b).abs().max() > 1e-3
+    per_row = net(x, torch.tensor([0.01] * 5, dtype=torch.float64))
+    torch.testing.assert_close(per_row, a)
+
+
+def test_embedding_is_fixed_and_bounded():
+    emb = LogTimeEmbedding(8)
+    assert not list(emb.parameters())
+    f = emb(torch.tensor([1e-4, 1.0, 10.0]))
+    assert f.shape == (3, 8) and f.abs().max() <= 1
+    with pytest.raises(ValueError, match="dim"):
+        LogTimeEmbedding(3)
+
+
+@pytest.mark.parametrize("parametrization", PARAMETRIZATIONS)
+def test_parametrizations_read_the_output_as_a_score(parametrization):
+    torch.manual_seed(1)
+    net = ScoreMLP(4, 16, 1, parametrization=parametrization).double()
+    x = torch.randn(6, 4, dtype=torch.float64)
+    t = torch.rand(6, dtype=torch.float64) + 0.05
+    out, s = net.raw(x, t), net(x, t)
+    a, s2 = alpha(t)[:, None], sigma2(t)[:, None]
+    expected = {"score": out, "denoiser": -(x - a * out) / s2, "eps": -out / s2.sqrt()}
+    torch.testing.assert_close(s, expected[parametrization])
+
+
+@settings(max_examples=15, deadline=None)
+@given(widths_st, st.integers(1, 3), st.sampled_from(PARAMETRIZATIONS), st.integers(0, 9))
+def test_ensemble_members_equal_separate_networks(widths, depth, parametrization, seed):
+    """Outputs and gradients of each member equal those of a separately built ScoreMLP."""
+    torch.manual_seed(seed)
+    members = [ScoreMLP(3, w, depth, 4, parametrization).double() for w in widths]
+    ens = MLPEnsemble.from_members(members)
+    x = torch.randn(7, 3, dtype=torch.float64)
+    t = torch.rand(7, dtype=torch.float64) + 0.01
+    out = ens(x, t)  # (G, batch, d)
+    assert out.shape == (len(widths), 7, 3)
+    weights = torch.randn(len(widths), 7, 3, dtype=torch.float64)
+    (out * weights).sum().backward()
+    for g, m in enumerate(members):
+        torch.testing.assert_close(out[g], m(x, t))
+        (m(x, t) * weights[g]).sum().backward()
+        twin = ens.member(g)  # the ensemble's weights and their gradients, read back per member
+        torch.testing.assert_close(twin(x, t), m(x, t))
+    # gradients: compare the ensemble's gradient slices with each member's gradients
+    for g, m in enumerate(members):
+        lo, w = ens.offsets[g], ens.widths[g]
+        torch.testing.assert_close(ens.w_in.grad[:, lo : lo + w], m.hidden[0].weight.grad.T)
+        torch.testing.assert_close(ens.w_out.grad[lo : lo + w], m.out.weight.grad.T)
+        torch.testing.assert_close(ens.b_out.grad[g], m.out.bias.grad)
+        j = next(j for j, group in enumerate(ens.groups) if g in group)
+        a = lo - ens.group_slices[j][0]
+        for k, layer in enumerate(m.hidden[1:]):
+            block = ens.w_hidden[k * len(ens.groups) + j].grad
+            torch.testing.assert_close(block[a : a + w, a : a + w], layer.weight.grad.T)
+
+
+def test_no_gradient_leaks_between_members():
+    torch.manual_seed(3)
+    ens = MLPEnsemble(4, [8, 8, 16], depth=3, seed=1).double()
+    x = torch.randn(9, 4, dtype=torch.float64)
+    ens(x, 0.3)[1].square().sum().backward()  # a loss on member 1 only
+    others = [g for g in range(3) if g != 1]
+    for g in others:
+        lo, w = ens.offsets[g], ens.widths[g]
+        assert ens.w_in.grad[:, lo : lo + w].abs().max() == 0
+        assert ens.w_out.grad[lo : lo + w].abs().max() == 0
+        assert ens.b_out.grad[g].abs().max() == 0
+    for j, block in enumerate(ens.w_hidden):
+        mask = getattr(ens, f"block_mask_{j % len(ens.groups)}")
+        assert (block.grad * (1 - mask)).abs().max() == 0  # nothing between blocks
+
+
+def test_off_block_weights_stay_zero_under_training():
+    torch.manual_seed(4)
+    ens = MLPEnsemble(2, [4, 6, 8], depth=2, seed=2)
+    opt = torch.optim.AdamW(ens.parameters(), lr=1e-2, weight_decay=0.1)
+    for _ in range(5):
+        x = torch.randn(16, 2)
+        loss = ens(x, torch.rand(16) + 0.01).square().mean()
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+    for j, block in enumerate(ens.w_hidden):
+        mask = getattr(ens, f"block_mask_{j % len(ens.groups)}")
+        assert (block.detach() * (1 - mask)).abs().max() == 0
+
+
+def test_ensemble_seeded_construction_and_counts():
+    a = MLPEnsemble(3, [4, 9], depth=2, seed=5)
+    b = MLPEnsemble(3, [4, 9], depth=2, seed=5)
+    x = torch.randn(4, 3)
+    torch.testing.assert_close(a(x, 0.5), b(x, 0.5))
+    assert a.num_params() == [ScoreMLP(3, w, 2).num_params for w in (4, 9)]
+
+
+@settings(max_examples=40, deadline=None)
+@given(widths_st)
+def test_width_groups_partition_members(widths):
+    groups = width_groups(widths)
+    assert sorted(g for group in groups for g in group) == list(range(len(widths)))
+    for group in groups:
+        total = sum(widths[g] for g in group)
+        assert total <= 256 or total**2 <= 1.3 * sum(widths[g] ** 2 for g in group) + 1e-9
+
+
+def test_bad_input():
+    with pytest.raises(ValueError, match="parametrization"):
+        ScoreMLP(2, 4, parametrization="velocity")
+    with pytest.raises(ValueError, match="width"):
+        ScoreMLP(2, 0)
+    with pytest.raises(ValueError, match="widths"):
+        MLPEnsemble(2, [])
+    ens = MLPEnsemble(2, [3])
+    with pytest.raises(ValueError, match="x must have shape"):
+        ens(torch.randn(4, 3), 0.5)
+    with pytest.raises(ValueError, match="t"):
+        ScoreMLP(2, 3)(torch.randn(4, 2), 0.0)
+    with pytest.raises(ValueError, match="members"):
+        MLPEnsemble.from_members([ScoreMLP(2, 3, 1), ScoreMLP(2, 3, 2)])
+    assert math.isfinite(float(ens(torch.randn(4, 2), 1e-6).detach().abs().max()))
