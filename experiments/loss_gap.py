@@ -78,8 +78,7 @@ PROFILES = {
 def mixture_for(config: dict, d: int, cov_scale: float = 1.0) -> GaussianMixture:
     """The paper's mixture at dimension d with Sigma = cov_scale * I, on the run's device."""
     m = paper_mixture(d, config["K"], config["mean_std"], cov=cov_scale, seed=config["seed"])
-    device, dtype = resolve_device(config["device"]), getattr(torch, config["dtype"])
-    return GaussianMixture(m.means.to(device, dtype), cov_scale)
+    return m.to(resolve_device(config["device"]), getattr(torch, config["dtype"]))
 
 
 # -- (a, b, c, e, f) Loss-Gap_t on one training set ---------------------------------------------

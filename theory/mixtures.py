@@ -102,6 +102,15 @@ class GaussianMixture:
     def __repr__(self) -> str:
         return f"GaussianMixture(K={self.K}, d={self.d}, tr(Sigma)={self.trace_cov:.3g})"
 
+    def to(
+        self, device: torch.device | str | None = None, dtype: torch.dtype | None = None
+    ) -> GaussianMixture:
+        """The same mixture with its tensors on ``device`` in ``dtype`` (a new object)."""
+        cov = self._cov_matrix if self._cov_matrix is not None else self.cov_eigvals
+        return GaussianMixture(
+            self.means.to(device, dtype), cov.to(device, dtype), self.weights.to(device, dtype)
+        )
+
     def _to_eig(self, x: torch.Tensor) -> torch.Tensor:
         return x if self.rotation is None else x @ self.rotation
 

@@ -257,7 +257,8 @@ def main(experiment: ModuleType, argv: list[str] | None = None) -> dict:
     parser.add_argument("--force", action="store_true", help="recompute even if a result exists")
     parser.add_argument("--no-plot", action="store_true", help="write the JSON only")
     args = parser.parse_args(argv)
-    try:
-        return execute(experiment, args.profile, args.set, args.out, args.force, not args.no_plot)
+    try:  # bad overrides are usage errors; errors from the run itself propagate as they are
+        apply_overrides(experiment.PROFILES[args.profile], args.set)
     except ValueError as err:
         parser.error(str(err))
+    return execute(experiment, args.profile, args.set, args.out, args.force, not args.no_plot)

@@ -1,0 +1,209 @@
+"""The architectural separation (Thm 5.1): width needed to fit the empirical vs the true score.
+
+Thm 5.1 says a ReLU network must grow like n to approximate the empirical score of n
+points, while the true score needs a size independent of n. We measure it: on the
+paper's mixture (§6.1) at small d, for each n we fit a geometric grid of widths (one
+``MLPEnsemble``, fixed budget) to the empirical score and to the true score on P_hat_t,
+score each fit by r = E||s_net - s_target||^2 / Loss-Gap_t (error in units of the
+separation, fresh draws), and read off the smallest width with r <= eps.
+
+  (a) r against width, one curve per n, both targets (depth 1, t = t_main);
+  (b) smallest width against n, log-log, both targets, depths 1 and 2, with fitted
+      slopes and 95% intervals;
+  (c) the same at a smaller t, where the empirical score is rougher (Lemma C.1).
+
+Run: python -m experiments.width_vs_n [--profile smoke|quick|paper] [--set key=value] [--force]
+"""
+
+from __future__ import annotations
+
+import math
+import sys
+
+import numpy as np
+import torch
+from matplotlib import colormaps
+from scipy import stats
+from tqdm import tqdm
+
+from experiments.common.plotting import COLORS, new_figure, save_figure
+from experiments.common.runs import Units, main, resolve_device
+from theory.capacity import FitBudget, fit_width_sweep, smallest_width
+from theory.empirical import EmpiricalScore
+from theory.mixtures import GaussianMixture, paper_mixture
+from theory.process import generator
+
+NAME = "width_vs_n"
+
+# -- configuration ----------------------------------------------------------------------------
+# Our choices (the paper reports no such experiment): the regime of the theorem needs
+# training points well separated at the scale sigma_t (log n = O(d)), so d = 8 and small t.
+# Depth >= 2 needs far fewer units, so its grid stops at max_width_deep.
+PROFILES = {
+    "smoke": {
+        "seed": 0, "device": "cpu", "dtype": "float32", "d": 4, "K": 4, "mean_std": 2.0,
+        "ns": [4, 8],
+        "widths": [2, 4, 8, 16], "max_width_deep": 16, "depths": [1], "seeds": 2,
+        "t_main": 0.2, "t_small": 0.05, "eps": 0.25,
+        "steps": 300, "batch": 64, "lr": 1e-2, "eval_draws": 256,
+    },
+    "quick": {
+        "seed": 0, "device": "cpu", "dtype": "float32", "d": 8, "K": 8, "mean_std": 2.0,
+        "ns": [4, 8, 16, 32, 64],
+        "widths": [2, 4, 8, 16, 32, 64, 128, 256, 512, 1024], "max_width_deep": 256,
+        "depths": [1, 2], "seeds": 2, "t_main": 0.2, "t_small": 0.05, "eps": 0.25,
+        "steps": 1500, "batch": 256, "lr": 3e-3, "eval_draws": 2048,
+    },
+    "paper": {
+        "seed": 0, "device": "auto", "dtype": "float32", "d": 8, "K": 8, "mean_std": 2.0,
+        "ns": [4, 8, 16, 32, 64, 128, 256, 512, 1024],
+        "widths": [2, 4, 8, 16, 32, 64, 128, 256, 512, 1024, 2048, 4096, 8192],
+        "max_width_deep": 2048, "depths": [1, 2, 3], "seeds": 5, "t_main": 0.2,
+        "t_small": 0.05, "eps": 0.25, "steps": 20000, "batch": 512, "lr": 2e-3,
+        "eval_draws": 16384,
+    },
+}
+TARGETS = ("empirical", "true")
+
+
+def widths_for(config: dict, depth: int) -> list[int]:
+    """The width grid of a depth: all widths for one hidden layer, capped for deeper nets."""
+    return [w for w in config["widths"] if depth == 1 or w <= config["max_width_deep"]]
+
+
+# -- one width sweep ------------------------------------------------------------------------------
+
+
+def sweep(config: dict, mixture: GaussianMixture, n: int, target: str, depth: int, t: float,
+          seed: int) -> dict:
+    """Fit all widths of a depth to one target on training set (n, seed); errors r per width."""
+    # Training sets are drawn in float64 on the CPU (same numbers everywhere), then cast.
+    device, dtype = resolve_device(config["device"]), getattr(torch, config["dtype"])
+    points = mixture.sample(n, generator(config["seed"], n, seed)).to(device, dtype)
+    true = mixture.to(device, dtype)
+    goal = EmpiricalScore(points) if target == "empirical" else true
+    budget = FitBudget(config["steps"], config["batch"], config["lr"], 0.0, config["eval_draws"])
+    fit = fit_width_sweep(goal, points, true, (t, t), widths_for(config, depth), depth,
+                          budget, seed=seed)
+    return fit.to_dict()
+
+
+# -- slopes of log W* against log n ---------------------------------------------------------------
+
+
+def slope_fit(ns: list[int], widths: list[list[float]]) -> dict:
+    """Least-squares slope of log W* on log n over all finite (n, seed) pairs, with a 95% CI.
+
+    widths[i] holds W* of each seed at ns[i]; inf (eps never reached) is left out and
+    counted, which biases the slope down if it happens at large n (reported as such).
+    """
+    x = [math.log(n) for n, ws in zip(ns, widths, strict=True) for w in ws if math.isfinite(w)]
+    y = [math.log(w) for ws in widths for w in ws if math.isfinite(w)]
+    missing = sum(not math.isfinite(w) for ws in widths for w in ws)
+    if len(set(x)) < 2:
+        return {"slope": None, "ci_low": None, "ci_high": None, "points": len(x),
+                "not_reached": missing}
+    fit = stats.linregress(x, y)
+    out = {"slope": fit.slope, "intercept": fit.intercept, "ci_low": None, "ci_high": None,
+           "points": len(x), "not_reached": missing}
+    if len(x) > 2:  # a t-interval needs a residual degree of freedom
+        half = stats.t.ppf(0.975, len(x) - 2) * fit.stderr
+        out.update(ci_low=fit.slope - half, ci_high=fit.slope + half)
+    return out
+
+
+# -- the whole figure -----------------------------------------------------------------------------
+
+
+def compute(config: dict, units: Units) -> dict:
+    """Every number of the figure; one unit per (panel, target, depth, n, seed)."""
+    mix = paper_mixture(config["d"], config["K"], config["mean_std"], seed=config["seed"])
+    panels = {"main": (config["t_main"], config["depths"]), "small_t": (config["t_small"], [1])}
+    jobs = [(p, tgt, depth, n, s) for p, (_, depths) in panels.items() for tgt in TARGETS
+            for depth in depths for n in config["ns"] for s in range(config["seeds"])]
+    result: dict = {"panels": {}}
+    bar = tqdm(jobs, desc="width sweeps")
+    for panel, target, depth, n, s in bar:
+        bar.set_postfix_str(f"{panel} {target} L={depth} n={n} seed={s}")
+        t = panels[panel][0]
+        fit = units.get(f"{panel}/{target}/L={depth}/n={n}/s={s}",
+                        lambda a=(n, target, depth, t, s): sweep(config, mix, *a))
+        entry = result["panels"].setdefault(panel, {"t": t}).setdefault(
+            f"{target}/L={depth}", {"widths": fit["widths"], "num_params": fit["num_params"],
+                                    "ratio": {}, "smallest_width": {}})
+        entry["ratio"].setdefault(str(n), []).append(fit["ratio"])
+        w_star = smallest_width(fit["widths"], fit["ratio"], config["eps"])
+        entry["smallest_width"].setdefault(str(n), []).append(w_star)
+    for panel in result["panels"].values():
+        for key, entry in panel.items():
+            if key == "t":
+                continue
+            ns = [int(n) for n in entry["smallest_width"]]
+            entry["slope"] = slope_fit(ns, list(entry["smallest_width"].values()))
+            # inf cannot be stored in JSON: "not reached within the grid" becomes None.
+            entry["smallest_width"] = {
+                n: [w if math.isfinite(w) else None for w in ws]
+                for n, ws in entry["smallest_width"].items()
+            }
+    return result
+
+
+# -- drawing from the JSON ------------------------------------------------------------------------
+
+
+def plot(result: dict, stem) -> list:
+    """Three panels: r against width; W* against n at t_main; W* against n at t_small."""
+    r, cfg = result["results"], result["config"]
+    fig, axes = new_figure(1, 3, width=11.0, height=3.4)
+
+    ax = axes[0, 0]  # (a)
+    main_panel = r["panels"]["main"]
+    for target, ls in (("empirical", "-"), ("true", "--")):
+        entry = main_panel[f"{target}/L=1"]
+        ns = list(entry["ratio"])
+        for i, n in enumerate(ns):
+            c = colormaps["viridis"](i / max(1, len(ns) - 1))
+            ratio = np.exp(np.mean(np.log(entry["ratio"][n]), axis=0))  # geometric mean, seeds
+            ax.plot(entry["widths"], ratio, ls=ls, marker="o", ms=2.5, color=c,
+                    label=f"n = {n}" if target == "empirical" else None)
+    ax.axhline(cfg["eps"], color="k", lw=0.8, ls=":", label=f"eps = {cfg['eps']}")
+    ax.set(xscale="log", yscale="log", xlabel="width", ylabel="r = error / Loss-Gap",
+           title=f"(a) fit error, 1 hidden layer, t = {cfg['t_main']}\n"
+                 "solid: empirical score, dashed: true score")
+    ax.legend(ncol=2)
+
+    for ax, panel, title in ((axes[0, 1], "main", "(b)"), (axes[0, 2], "small_t", "(c)")):
+        data = r["panels"][panel]
+        k = 0
+        for key, entry in data.items():
+            if key == "t":
+                continue
+            target, depth = key.split("/")
+            ns = np.array([int(n) for n in entry["smallest_width"]], dtype=float)
+            ws = [[w for w in v if w is not None] for v in entry["smallest_width"].values()]
+            if not any(ws):  # eps reached at no n: nothing to draw on a log axis
+                continue
+            mean = np.array([np.exp(np.mean(np.log(w))) if w else np.nan for w in ws])
+            lo = np.array([min(w) if w else np.nan for w in ws])
+            hi = np.array([max(w) if w else np.nan for w in ws])
+            sl = entry["slope"]
+            label = f"{target}, {depth}: no slope"
+            if sl["slope"] is not None:
+                label = f"{target}, {depth}: slope {sl['slope']:.2f}"
+                if sl["ci_low"] is not None:
+                    label += f" [{sl['ci_low']:.2f}, {sl['ci_high']:.2f}]"
+            color = COLORS[k % len(COLORS)]
+            ls = "-" if target == "empirical" else "--"
+            ax.errorbar(ns, mean, yerr=[mean - lo, hi - mean], marker="o", ls=ls, color=color,
+                        label=label, capsize=2)
+            k += 1
+        ax.set(xscale="log", yscale="log", xlabel="n",
+               ylabel=f"smallest width with r <= {cfg['eps']}",
+               title=f"{title} smallest width vs n, t = {data['t']}")
+        ax.legend(fontsize=6.5)
+    fig.tight_layout()
+    return save_figure(fig, stem)
+
+
+if __name__ == "__main__":
+    main(sys.modules[__name__])
