@@ -13,10 +13,11 @@ true score (W independent of n). Here a member of the class is ``ScoreMLP``: inp
 The denoiser form is what practical diffusion models learn; at small t the raw score
 is dominated by its -x/sigma_t^2 part, which the parametrization supplies exactly.
 
-``MLPEnsemble`` holds G such networks of different widths (same depth) in one set of
-batched tensors, padded to the largest width, so that a whole width sweep trains as
-one model: member g's outputs and gradients equal those of ``ScoreMLP`` with the same
-weights, and padded units are masked to zero so nothing passes between members.
+``MLPEnsemble`` holds G such networks of different widths (same depth) in one flat
+parameter, run as a few batched matmuls over buckets of members padded to a common
+width, so that a whole width sweep trains as one model: member g's outputs and
+gradients equal those of ``ScoreMLP`` with the same weights; padded units stay exactly
+zero and members share no weight, so nothing passes between members.
 """
 
 from __future__ import annotations
@@ -132,38 +133,65 @@ class ScoreMLP(nn.Module):
         return _as_score(self._raw(x, tt), x, tt[:, None], self.parametrization)
 
 
-def width_groups(
-    widths: Sequence[int], waste: float = 0.3, small: int = 256
-) -> list[list[int]]:
-    """Split member indices into groups whose hidden-to-hidden layers share one matmul.
+# Cost of one more bucket (its extra kernel calls in forward and backward), in the units
+# of ``width_groups``' cost model: parameters, each of which costs about 6 * batch flops
+# per training step. Measured on CPU at batch 256: a bucket's calls take about as long as
+# the matmuls of ~8k parameters.
+BUCKET_OVERHEAD = 8192
+# Most units (k * P) in one bucket. Measured on CPU (glibc malloc): activations of more
+# than about 1 MB (batch 256 x 1024 float32) are allocated fresh from the OS at every step
+# and page-faulted in, which made a bucket of two width-1024 members 3.7x slower than one.
+BUCKET_UNITS = 1024
 
-    A group's block-diagonal (S x S) matrix, S = sum of its widths, costs S^2 where its
-    members need sum w^2; members (largest first) join a group while S <= small (small
-    matmuls are bound by call overhead, not by flops) or S^2 <= (1 + waste) sum w^2.
+
+def width_groups(
+    widths: Sequence[int], depth: int = 1, io: int = 32,
+    overhead: int = BUCKET_OVERHEAD, max_units: int = BUCKET_UNITS,
+) -> list[list[int]]:
+    """Split member indices into buckets that share one batched matmul per layer.
+
+    A bucket of k members is padded to its largest width P and costs ``overhead`` plus
+    its padded parameter count k P (io + (depth - 1)(P + 1)), io = input + output size
+    per unit (d + emb + 1 + d); it holds at most ``max_units`` units k P unless it is a
+    single member. Buckets are runs of the widths sorted in decreasing order, and the split
+    minimises the total cost (dynamic programming, optimal for that order), so equal
+    widths share a bucket at no waste and small widths are padded together.
+    Returns the buckets, each a list of member indices, widest bucket first.
     """
     order = sorted(range(len(widths)), key=lambda g: -widths[g])
-    groups: list[list[int]] = []
-    for g in order:
-        if groups:
-            cand = groups[-1] + [g]
-            total = sum(widths[i] for i in cand)
-            if total <= small or total**2 <= (1 + waste) * sum(widths[i] ** 2 for i in cand):
-                groups[-1] = cand
-                continue
-        groups.append([g])
-    return groups
+    w = [widths[g] for g in order]
+
+    def cost(i: int, j: int) -> float:  # members order[i:j] padded to w[i]
+        if j - i > 1 and (j - i) * w[i] > max_units:
+            return math.inf
+        return overhead + (j - i) * w[i] * (io + (depth - 1) * (w[i] + 1))
+
+    best: list[float] = [0.0] * (len(w) + 1)  # best[j]: cheapest split of order[:j]
+    cut = [0] * (len(w) + 1)
+    for j in range(1, len(w) + 1):
+        best[j], cut[j] = min((best[i] + cost(i, j), i) for i in range(j))
+    buckets, j = [], len(w)
+    while j > 0:
+        buckets.append(order[cut[j] : j])
+        j = cut[j]
+    return buckets[::-1]
 
 
 class MLPEnsemble(nn.Module):
-    """G ScoreMLPs of widths ``widths`` (same d, depth, embedding) in shared tensors (§5).
+    """G ScoreMLPs of widths ``widths`` (same d, depth, embedding) trained as one model (§5).
 
-    All members read the same input, so their hidden units are laid side by side in one
-    layer of S = sum_g w_g units: the input layer is one (d + emb) x S matmul and the
-    output layer one S x (G d) matmul with each member's rows in its own column block.
-    Hidden-to-hidden layers are block-diagonal; members are grouped (``width_groups``)
-    so that each group is one dense matmul with at most 30% wasted work, and weights
-    outside the diagonal blocks are masked in the forward pass, so they get zero
-    gradient and no signal passes between members.
+    Layout (chosen by measurement, see experiments/bench_ensemble.py): members are split
+    into buckets (``width_groups``); a bucket of k members is padded to its widest member
+    P and runs as one batched matmul per layer: (k, P, d + emb + 1) @ (d + emb + 1, batch)
+    at the input (the input bias is the last column, multiplying a constant 1),
+    (k, P, P) @ (k, P, batch) per hidden-to-hidden layer and (k, d, P) @ (k, P, batch) at
+    the output. Activations are feature-major, (k, P, batch). All weights live in one flat
+    parameter, so an optimizer step is a few kernels however many members there are.
+
+    Padded units have zero weights and bias, hence pre-activation exactly 0, output
+    relu(0) = 0 and gradient relu'(0) = 0: every weight touching them gets an exactly
+    zero gradient, so they stay zero under AdamW (with weight decay) and no signal reaches
+    a member from outside it; members never share a weight.
 
     forward(x (batch, d), t float or (batch,)) -> scores (G, batch, d). Member g equals
     ``member(g)``, a separate ScoreMLP with its weights (outputs and gradients).
@@ -201,96 +229,103 @@ class MLPEnsemble(nn.Module):
 
     def _load(self, members: list[ScoreMLP]) -> None:
         first = members[0]
-        self.d, self.depth, self.parametrization = first.d, first.depth, first.parametrization
+        d, depth = first.d, first.depth
+        self.d, self.depth, self.parametrization = d, depth, first.parametrization
         self.widths = [m.width for m in members]
         self.embed = LogTimeEmbedding(first.embed.dim)
-        # Units are laid out group by group; offsets[g] is member g's first unit.
-        self.groups = width_groups(self.widths)
-        order = [g for group in self.groups for g in group]
-        self.offsets = [0] * len(members)
-        pos = 0
-        for g in order:
-            self.offsets[g], pos = pos, pos + self.widths[g]
-        S, G = pos, len(members)
-        self.group_slices = [
-            (self.offsets[group[0]], self.offsets[group[0]] + sum(self.widths[g] for g in group))
-            for group in self.groups
-        ]
-        dtype = first.out.weight.dtype
-        owner = torch.empty(S, dtype=torch.long)  # member of each unit
-        for g in range(G):
-            owner[self.offsets[g] : self.offsets[g] + self.widths[g]] = g
-        self.register_buffer("owner_onehot", nn.functional.one_hot(owner, G).to(dtype))  # (S, G)
+        d_in = d + first.embed.dim + 1  # x, embedding, constant 1 (carries the input bias)
+        self.buckets = width_groups(self.widths, depth, io=d_in + d)
+        self.pads = [max(self.widths[g] for g in bucket) for bucket in self.buckets]
+        self.slot = {g: (j, i) for j, b in enumerate(self.buckets) for i, g in enumerate(b)}
+        order = [g for bucket in self.buckets for g in bucket]
+        self.register_buffer("_unsort", torch.argsort(torch.tensor(order)), persistent=False)
+        # The flat parameter's pieces, bucket by bucket: input weight (k, P, d_in), then per
+        # hidden-to-hidden layer weight (k, P, P) and bias (k, P, 1), then output weight
+        # (k, d, P); last the output biases of all members (G, d, 1) in bucket order.
+        shapes: list[tuple[int, ...]] = []
+        for b, p in zip(self.buckets, self.pads, strict=True):
+            shapes.append((len(b), p, d_in))
+            for _ in range(depth - 1):
+                shapes += [(len(b), p, p), (len(b), p, 1)]
+            shapes.append((len(b), d, p))
+        shapes.append((len(members), d, 1))
+        self._shapes = shapes
+        self._sizes = [math.prod(s) for s in shapes]
+        self.flat = nn.Parameter(torch.zeros(sum(self._sizes), dtype=first.out.weight.dtype))
         with torch.no_grad():
-            w_in = torch.cat([members[g].hidden[0].weight.T for g in order], dim=1)  # (d_in, S)
-            b_in = torch.cat([members[g].hidden[0].bias for g in order])
-            w_out = torch.cat([members[g].out.weight.T for g in order], dim=0)  # (S, d)
-            b_out = torch.stack([m.out.bias for m in members])  # (G, d)
-        self.w_in, self.b_in = nn.Parameter(w_in.clone()), nn.Parameter(b_in.clone())
-        self.w_out, self.b_out = nn.Parameter(w_out.clone()), nn.Parameter(b_out.clone())
-        # Hidden-to-hidden layers: one block-diagonal matrix per (layer, group).
-        self.w_hidden = nn.ParameterList()
-        self.b_hidden = nn.ParameterList()
+            for g, m in enumerate(members):
+                for view, src in zip(self._member_views(g), _member_tensors(m), strict=True):
+                    view.copy_(src)
+
+    def _pieces(self, tensor: torch.Tensor) -> list[list[torch.Tensor]]:
+        """``tensor`` (the flat parameter or its gradient) cut into the layout's shapes:
+        one list per bucket [W_in, (W_k, b_k) per hidden layer..., W_out], then [b_out]."""
+        flat = [p.view(s) for p, s in zip(tensor.split(self._sizes), self._shapes, strict=True)]
+        n = 2 * self.depth  # pieces per bucket
+        return [flat[j * n : (j + 1) * n] for j in range(len(self.buckets))] + [flat[-1:]]
+
+    def _member_views(self, g: int, tensor: torch.Tensor | None = None) -> list[torch.Tensor]:
+        """Views of member g's part of ``tensor`` (default the flat parameter; also its
+        gradient or any tensor shaped like it) in the order of ``_member_tensors``:
+        [W_in (w, d_in), b_in (w,)] + [W_k (w, w), b_k (w,)] per hidden layer
+        + [W_out (d, w), b_out (d,)], weights as nn.Linear stores them (out, in)."""
+        pieces = self._pieces(self.flat if tensor is None else tensor)
+        j, i = self.slot[g]
+        w, mine = self.widths[g], pieces[j]
+        views = [mine[0][i, :w, :-1], mine[0][i, :w, -1]]
         for k in range(self.depth - 1):
-            bias = torch.cat([members[g].hidden[k + 1].bias.detach() for g in order])
-            self.b_hidden.append(nn.Parameter(bias.clone()))
-            for j, group in enumerate(self.groups):
-                lo, hi = self.group_slices[j]
-                block = torch.zeros(hi - lo, hi - lo, dtype=dtype)
-                for g in group:
-                    a, w = self.offsets[g] - lo, self.widths[g]
-                    block[a : a + w, a : a + w] = members[g].hidden[k + 1].weight.detach().T
-                self.w_hidden.append(nn.Parameter(block))
-        for j, (lo, hi) in enumerate(self.group_slices):
-            same = self.owner_onehot[lo:hi] @ self.owner_onehot[lo:hi].T  # (size, size) 0/1
-            self.register_buffer(f"block_mask_{j}", same)
+            views += [mine[1 + 2 * k][i, :w, :w], mine[2 + 2 * k][i, :w, 0]]
+        pos = sum(len(b) for b in self.buckets[:j]) + i  # member's row in bucket order
+        return views + [mine[-1][i, :, :w], pieces[-1][0][pos, :, 0]]
 
     @property
     def G(self) -> int:
+        """The number of members."""
         return len(self.widths)
 
     def num_params(self) -> list[int]:
-        """N of each member (its own parameter count, without the zeros between blocks)."""
-        d_in = self.w_in.shape[0]
+        """N of each member (its own parameter count, without the padding)."""
+        d_in = self.d + self.embed.dim
         return [mlp_param_count(d_in, w, self.depth, self.d) for w in self.widths]
 
     def member(self, g: int) -> ScoreMLP:
         """A separate ScoreMLP with member g's current weights."""
-        w, lo = self.widths[g], self.offsets[g]
-        j = next(j for j, group in enumerate(self.groups) if g in group)
-        a = lo - self.group_slices[j][0]
-        m = ScoreMLP(self.d, w, self.depth, self.embed.dim, self.parametrization)
-        m = m.to(device=self.w_out.device, dtype=self.w_out.dtype)
+        m = ScoreMLP(self.d, self.widths[g], self.depth, self.embed.dim, self.parametrization)
+        m = m.to(device=self.flat.device, dtype=self.flat.dtype)
         with torch.no_grad():
-            m.hidden[0].weight.copy_(self.w_in[:, lo : lo + w].T)
-            m.hidden[0].bias.copy_(self.b_in[lo : lo + w])
-            for k, layer in enumerate(m.hidden[1:]):
-                block = self.w_hidden[k * len(self.groups) + j]
-                layer.weight.copy_(block[a : a + w, a : a + w].T)
-                layer.bias.copy_(self.b_hidden[k][lo : lo + w])
-            m.out.weight.copy_(self.w_out[lo : lo + w].T)
-            m.out.bias.copy_(self.b_out[g])
+            for dst, src in zip(_member_tensors(m), self._member_views(g), strict=True):
+                dst.copy_(src)
         return m
 
     def raw(self, x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
         """Outputs before the parametrization: x (batch, d), t (batch,) -> (G, batch, d)."""
-        h = torch.cat([x, self.embed(t)], dim=1)  # (batch, d + emb)
-        h = torch.relu(torch.addmm(self.b_in, h, self.w_in))  # (batch, S)
-        n_groups = len(self.groups)
-        for k in range(self.depth - 1):
-            parts = [
-                h[:, lo:hi] @ (self.w_hidden[k * n_groups + j] * getattr(self, f"block_mask_{j}"))
-                for j, (lo, hi) in enumerate(self.group_slices)
-            ]
-            h = torch.relu(torch.cat(parts, dim=1) + self.b_hidden[k])  # (batch, S)
-        # Member g's output reads only its own units: an (S, G d) block matrix.
-        w_out = (self.owner_onehot[:, :, None] * self.w_out[:, None, :]).reshape(h.shape[1], -1)
-        out = (h @ w_out).reshape(x.shape[0], self.G, self.d) + self.b_out  # (batch, G, d)
-        return out.transpose(0, 1)  # (G, batch, d)
+        pieces = self._pieces(self.flat)
+        ones = torch.ones_like(x[:, :1])
+        h0t = torch.cat([x, self.embed(t), ones], dim=1).T  # (d_in, batch)
+        outs = []
+        for mine in pieces[:-1]:
+            # Feature-major activations (k, P, batch): measured faster than (k, batch, P)
+            # for these skinny matmuls. relu_ in place saves a pass over the activation
+            # (the matmul's backward does not need its output).
+            h = torch.relu_(torch.matmul(mine[0], h0t))
+            for k in range(self.depth - 1):
+                h = torch.relu_(torch.baddbmm(mine[2 + 2 * k], mine[1 + 2 * k], h))
+            outs.append(torch.bmm(mine[-1], h))  # (k, d, batch)
+        out = torch.cat(outs) + pieces[-1][0]  # (G, d, batch), bucket order
+        return out[self._unsort].transpose(1, 2)  # (G, batch, d), member order
 
     def forward(self, x: torch.Tensor, t: Time) -> torch.Tensor:
+        """Scores of all members: x (batch, d), t float or (batch,) -> (G, batch, d)."""
         if x.ndim != 2 or x.shape[1] != self.d:
             raise ValueError(f"x must have shape (batch, {self.d}), got {tuple(x.shape)}")
         tt = _time_input(x, t)
         out = self.raw(x, tt)
         return _as_score(out, x[None], tt[None, :, None], self.parametrization)
+
+
+def _member_tensors(m: ScoreMLP) -> list[torch.Tensor]:
+    """A ScoreMLP's tensors in the order of ``MLPEnsemble._member_views``."""
+    tensors = []
+    for layer in m.hidden:
+        tensors += [layer.weight, layer.bias]
+    return tensors + [m.out.weight, m.out.bias]

@@ -80,38 +80,47 @@ def test_ensemble_members_equal_separate_networks(widths, depth, parametrization
         (m(x, t) * weights[g]).sum().backward()
         twin = ens.member(g)  # the ensemble's weights and their gradients, read back per member
         torch.testing.assert_close(twin(x, t), m(x, t))
-    # gradients: compare the ensemble's gradient slices with each member's gradients
+    # gradients: the ensemble's gradient, read back per member, equals each member's
     for g, m in enumerate(members):
-        lo, w = ens.offsets[g], ens.widths[g]
-        torch.testing.assert_close(ens.w_in.grad[:, lo : lo + w], m.hidden[0].weight.grad.T)
-        torch.testing.assert_close(ens.w_out.grad[lo : lo + w], m.out.weight.grad.T)
-        torch.testing.assert_close(ens.b_out.grad[g], m.out.bias.grad)
-        j = next(j for j, group in enumerate(ens.groups) if g in group)
-        a = lo - ens.group_slices[j][0]
-        for k, layer in enumerate(m.hidden[1:]):
-            block = ens.w_hidden[k * len(ens.groups) + j].grad
-            torch.testing.assert_close(block[a : a + w, a : a + w], layer.weight.grad.T)
+        theirs = [p.grad for p in _member_params(m)]
+        for mine, ref in zip(ens._member_views(g, ens.flat.grad), theirs, strict=True):
+            torch.testing.assert_close(mine, ref)
+
+
+def _member_params(m):
+    """A ScoreMLP's tensors in the ensemble's per-member order."""
+    return [p for layer in m.hidden for p in (layer.weight, layer.bias)] + [
+        m.out.weight, m.out.bias
+    ]
+
+
+def _padding(ens, tensor):
+    """The entries of ``tensor`` (shaped like ens.flat) that belong to no member."""
+    owned = torch.zeros_like(ens.flat, requires_grad=False)
+    for g in range(ens.G):
+        for view in ens._member_views(g, owned):
+            view.fill_(1)
+    return tensor[owned == 0]
 
 
 def test_no_gradient_leaks_between_members():
     torch.manual_seed(3)
-    ens = MLPEnsemble(4, [8, 8, 16], depth=3, seed=1).double()
+    ens = MLPEnsemble(4, [8, 8, 16, 3], depth=3, seed=1).double()
+    assert any(len(b) > 1 and len({ens.widths[g] for g in b}) > 1 for b in ens.buckets)
     x = torch.randn(9, 4, dtype=torch.float64)
     ens(x, 0.3)[1].square().sum().backward()  # a loss on member 1 only
-    others = [g for g in range(3) if g != 1]
-    for g in others:
-        lo, w = ens.offsets[g], ens.widths[g]
-        assert ens.w_in.grad[:, lo : lo + w].abs().max() == 0
-        assert ens.w_out.grad[lo : lo + w].abs().max() == 0
-        assert ens.b_out.grad[g].abs().max() == 0
-    for j, block in enumerate(ens.w_hidden):
-        mask = getattr(ens, f"block_mask_{j % len(ens.groups)}")
-        assert (block.grad * (1 - mask)).abs().max() == 0  # nothing between blocks
+    assert ens._member_views(1, ens.flat.grad)[0].abs().max() > 0
+    for g in (0, 2, 3):
+        for grad in ens._member_views(g, ens.flat.grad):
+            assert grad.abs().max() == 0
+    assert _padding(ens, ens.flat.grad).abs().max() == 0  # nothing reaches the padding
 
 
-def test_off_block_weights_stay_zero_under_training():
+def test_padding_stays_zero_under_training():
+    """Padded units (members narrower than their bucket) keep exactly zero weights."""
     torch.manual_seed(4)
     ens = MLPEnsemble(2, [4, 6, 8], depth=2, seed=2)
+    assert _padding(ens, ens.flat).numel() > 0
     opt = torch.optim.AdamW(ens.parameters(), lr=1e-2, weight_decay=0.1)
     for _ in range(5):
         x = torch.randn(16, 2)
@@ -119,9 +128,10 @@ def test_off_block_weights_stay_zero_under_training():
         opt.zero_grad()
         loss.backward()
         opt.step()
-    for j, block in enumerate(ens.w_hidden):
-        mask = getattr(ens, f"block_mask_{j % len(ens.groups)}")
-        assert (block.detach() * (1 - mask)).abs().max() == 0
+    assert _padding(ens, ens.flat.detach()).abs().max() == 0
+    x = torch.randn(8, 2)
+    for g in range(ens.G):  # and members still equal separate networks after training
+        torch.testing.assert_close(ens(x, 0.2)[g], ens.member(g)(x, 0.2))
 
 
 def test_ensemble_seeded_construction_and_counts():
@@ -133,13 +143,23 @@ def test_ensemble_seeded_construction_and_counts():
 
 
 @settings(max_examples=40, deadline=None)
-@given(widths_st)
-def test_width_groups_partition_members(widths):
-    groups = width_groups(widths)
+@given(widths_st, st.integers(1, 3))
+def test_width_groups_partition_members(widths, depth):
+    groups = width_groups(widths, depth, max_units=64)
     assert sorted(g for group in groups for g in group) == list(range(len(widths)))
     for group in groups:
-        total = sum(widths[g] for g in group)
-        assert total <= 256 or total**2 <= 1.3 * sum(widths[g] ** 2 for g in group) + 1e-9
+        assert len(group) == 1 or len(group) * max(widths[g] for g in group) <= 64
+    assert [max(widths[g] for g in group) for group in groups] == sorted(
+        (max(widths[g] for g in group) for group in groups), reverse=True
+    )
+
+
+def test_width_groups_put_equal_widths_together():
+    widths = [4, 8, 16, 32, 64, 128, 256, 512, 1024] * 2
+    for depth in (1, 2):
+        for group in width_groups(widths, depth):
+            big = [g for g in group if widths[g] >= 256]
+            assert len({widths[g] for g in big}) <= 1  # no padding of wide members
 
 
 def test_bad_input():
