@@ -170,7 +170,7 @@ def plot(result: dict, stem) -> list:
     ax.set(xscale="log", yscale="log", xlabel="width", ylabel="r = error / Loss-Gap",
            title=f"(a) fit error, 1 hidden layer, t = {cfg['t_main']}\n"
                  "solid: empirical score, dashed: true score")
-    ax.legend(ncol=2)
+    ax.legend(ncol=3, fontsize=6.5, loc="upper center", bbox_to_anchor=(0.5, -0.2))
 
     for ax, panel, title in ((axes[0, 1], "main", "(b)"), (axes[0, 2], "small_t", "(c)")):
         data = r["panels"][panel]
@@ -192,6 +192,8 @@ def plot(result: dict, stem) -> list:
                 label = f"{target}, {depth}: slope {sl['slope']:.2f}"
                 if sl["ci_low"] is not None:
                     label += f" [{sl['ci_low']:.2f}, {sl['ci_high']:.2f}]"
+            if sl["not_reached"]:
+                label += f"; {sl['not_reached']} fits beyond the grid"
             color = COLORS[k % len(COLORS)]
             ls = "-" if target == "empirical" else "--"
             ax.errorbar(ns, mean, yerr=[mean - lo, hi - mean], marker="o", ls=ls, color=color,
@@ -200,7 +202,9 @@ def plot(result: dict, stem) -> list:
         ax.set(xscale="log", yscale="log", xlabel="n",
                ylabel=f"smallest width with r <= {cfg['eps']}",
                title=f"{title} smallest width vs n, t = {data['t']}")
-        ax.legend(fontsize=6.5)
+        ax.set_xticks(cfg["ns"], [str(n) for n in cfg["ns"]])
+        ax.minorticks_off()
+        ax.legend(fontsize=6.5, loc="upper center", bbox_to_anchor=(0.5, -0.2))
     fig.tight_layout()
     return save_figure(fig, stem)
 
