@@ -136,3 +136,22 @@ class Strategies:
 def strat() -> type[Strategies]:
     """The shared hypothesis strategies (class Strategies above)."""
     return Strategies
+
+
+@pytest.fixture(scope="session")
+def smoke_run(tmp_path_factory):
+    """run(module) -> (out_dir, result): an experiment's smoke profile, run once per session."""
+    import json
+
+    from experiments.common.runs import main
+
+    done: dict = {}
+
+    def run(module):
+        if module.NAME not in done:
+            out = tmp_path_factory.mktemp(module.NAME)
+            main(module, ["--profile", "smoke", "--out", str(out)])
+            done[module.NAME] = out, json.loads((out / f"{module.NAME}.json").read_text())
+        return done[module.NAME]
+
+    return run

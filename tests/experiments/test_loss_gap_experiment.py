@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import json
-
 import numpy as np
 import pytest
 
@@ -12,10 +10,8 @@ from experiments.common.runs import main
 
 
 @pytest.fixture(scope="module")
-def smoke(tmp_path_factory):
-    out = tmp_path_factory.mktemp("fig1")
-    main(loss_gap, ["--profile", "smoke", "--out", str(out)])
-    return out, json.loads((out / "loss_gap.json").read_text())
+def smoke(smoke_run):
+    return smoke_run(loss_gap)
 
 
 def test_smoke_writes_json_and_figure(smoke):

@@ -2,20 +2,16 @@
 
 from __future__ import annotations
 
-import json
 import math
 
 import pytest
 
 from experiments import width_vs_n
-from experiments.common.runs import main
 
 
 @pytest.fixture(scope="module")
-def smoke(tmp_path_factory):
-    out = tmp_path_factory.mktemp("wvn")
-    main(width_vs_n, ["--profile", "smoke", "--out", str(out)])
-    return out, json.loads((out / "width_vs_n.json").read_text())
+def smoke(smoke_run):
+    return smoke_run(width_vs_n)
 
 
 def test_smoke_writes_json_and_figure(smoke):
