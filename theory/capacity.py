@@ -29,7 +29,7 @@ import torch
 from theory._checks import check_matrix
 from theory.empirical import EmpiricalScore
 from theory.networks import MLPEnsemble
-from theory.process import alpha, check_time, generator, sigma, sigma2
+from theory.process import alpha, check_time, forward_sample, generator, sigma2
 
 __all__ = ["FitBudget", "WidthSweep", "fit_width_sweep", "smallest_width"]
 
@@ -75,9 +75,7 @@ def _draw_times(t_range: tuple[float, float], num: int, g: torch.Generator) -> t
 def _draw_empirical(points: torch.Tensor, t: torch.Tensor, g: torch.Generator) -> torch.Tensor:
     """X_t ~ P_hat_t at per-row times t (num,): alpha_t x_i + sigma_t eps, shape (num, d)."""
     idx = torch.randint(points.shape[0], (t.shape[0],), generator=g)
-    eps = torch.randn((t.shape[0], points.shape[1]), generator=g, dtype=points.dtype)
-    tc = t[:, None].to(points.dtype)
-    return alpha(tc) * points[idx] + sigma(tc) * eps
+    return forward_sample(points[idx], t.to(points.dtype), g)[0]
 
 
 def _denoiser(score: ScoreFn, x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
@@ -110,7 +108,6 @@ def fit_width_sweep(
         raise ValueError(f"t_range must be (t_a, t_b) with t_b >= t_a, got {t_range}")
     emp = EmpiricalScore(points)
     d = points.shape[1]
-    torch.manual_seed(seed)
     net = MLPEnsemble(d, widths, depth, emb_dim, parametrization="denoiser", seed=seed)
     net = net.to(points.dtype)
     opt = torch.optim.AdamW(net.parameters(), lr=budget.lr, weight_decay=budget.weight_decay)

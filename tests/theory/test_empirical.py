@@ -205,7 +205,9 @@ def test_single_point_equals_degenerate_mixture(strat, data):
     mix = GaussianMixture(case.points, cov=0.0)
     x, t = case.x, case.t
     assert max_rel(emp.score(x, t), mix.score(x, t)) <= 1e-12
-    assert max_rel(emp.log_density(x, t), mix.log_prob(x, t)) <= 1e-12
+    # log_density expands ||x - a y||^2; EmpiricalScore refines rows only when the rounding
+    # bound of that expansion exceeds sqrt(u) ~ 1.5e-8 nats, so that is its absolute accuracy.
+    assert (emp.log_density(x, t) - mix.log_prob(x, t)).abs().max() <= 1.5e-8
     assert max_rel(emp.denoiser(x, t), mix.posterior_mean(x, t)) <= 1e-12
     assert max_rel(emp.hessian(x, t), mix.hessian(x, t)) <= 1e-12
     torch.testing.assert_close(
