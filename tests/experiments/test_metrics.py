@@ -1,0 +1,91 @@
+"""Memorization metrics (§6): the 1/9 rule, exact chunked nearest neighbours, EMM, likelihood."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from experiments.common.metrics import (
+    extreme_memorization_n,
+    mean_log_likelihood,
+    memorization_ratio,
+    nearest_ratio,
+    two_nearest,
+)
+from theory.mixtures import paper_mixture
+
+sizes = st.tuples(st.integers(2, 40), st.integers(1, 30), st.integers(1, 6), st.integers(0, 99))
+
+
+def _data(n, m, d, seed):
+    g = torch.Generator().manual_seed(seed)
+    return torch.randn(n, d, generator=g, dtype=torch.float64), torch.randn(
+        m, d, generator=g, dtype=torch.float64)
+
+
+@settings(max_examples=40, deadline=None)
+@given(sizes, st.integers(1, 7))
+def test_chunked_search_equals_brute_force(size, chunk):
+    n, m, d, seed = size
+    train, samples = _data(n, m, d, seed)
+    d1, d2, idx = two_nearest(samples, train, chunk_size=chunk)
+    full = torch.cdist(samples, train).square().sort(dim=1).values
+    torch.testing.assert_close(d1, full[:, 0])
+    torch.testing.assert_close(d2, full[:, 1])
+    torch.testing.assert_close((samples - train[idx]).square().sum(1), d1)
+
+
+def test_copy_is_memorized_and_midpoint_is_not():
+    train = torch.tensor([[0.0, 0.0], [4.0, 0.0], [0.0, 9.0]], dtype=torch.float64)
+    samples = torch.stack([train[1], (train[0] + train[1]) / 2])
+    assert nearest_ratio(samples, train).tolist() == [0.0, 1.0]
+    assert memorization_ratio(samples, train) == 0.5
+    duplicated = torch.cat([train, train[:1]])
+    assert memorization_ratio(train[:1], duplicated) == 1.0  # d1 = d2 = 0
+
+
+@settings(max_examples=30, deadline=None)
+@given(sizes, st.floats(0.1, 10.0))
+def test_invariant_to_permutation_and_scaling(size, scale):
+    n, m, d, seed = size
+    train, samples = _data(n, m, d, seed)
+    r = nearest_ratio(samples, train)
+    perm = torch.randperm(n, generator=torch.Generator().manual_seed(seed))
+    torch.testing.assert_close(nearest_ratio(samples, train[perm]), r)
+    torch.testing.assert_close(nearest_ratio(scale * samples, scale * train), r)
+
+
+@settings(max_examples=30, deadline=None)
+@given(sizes, st.floats(0.01, 0.5), st.floats(0.01, 0.5))
+def test_monotone_in_threshold(size, a, b):
+    n, m, d, seed = size
+    train, samples = _data(n, m, d, seed)
+    lo, hi = min(a, b), max(a, b)
+    assert memorization_ratio(samples, train, lo) <= memorization_ratio(samples, train, hi)
+
+
+def test_bad_input():
+    with pytest.raises(ValueError, match="n >= 2"):
+        memorization_ratio(torch.zeros(3, 2), torch.zeros(1, 2))
+    with pytest.raises(ValueError, match="threshold"):
+        memorization_ratio(torch.zeros(3, 2), torch.randn(4, 2), threshold=0.0)
+    with pytest.raises(ValueError, match="train"):
+        memorization_ratio(torch.zeros(3, 2), torch.randn(4, 3))
+    with pytest.raises(ValueError, match="equal length"):
+        extreme_memorization_n([1, 2], [0.9])
+
+
+def test_extreme_memorization_n():
+    assert extreme_memorization_n([500, 1000, 2000], [0.99, 0.92, 0.61]) == 1000
+    assert extreme_memorization_n([500, 1000], [0.5, 0.2]) is None
+
+
+def test_mean_log_likelihood_of_true_samples_is_minus_entropy():
+    """For one Gaussian N(mu, I_d) the mean log-likelihood of its own samples is
+    -d/2 log(2 pi e); the estimate agrees within 4 standard errors."""
+    mix = paper_mixture(5, K=1, seed=0)
+    est = mean_log_likelihood(mix.sample(4000, torch.Generator().manual_seed(1)), mix)
+    exact = -2.5 * torch.log(torch.tensor(2 * torch.pi)).item() - 2.5
+    assert abs(est.value - exact) <= 4 * est.stderr
