@@ -1,0 +1,79 @@
+"""The DSM training loop: resumable with identical numbers, atomic checkpoints, the loss."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from experiments.common import training
+from experiments.common.training import TrainConfig, dsm_loss, sample_times, train
+from theory.empirical import EmpiricalScore
+from theory.networks import ScoreMLP
+
+CFG = TrainConfig(steps=12, batch=16, lr=1e-2, checkpoint_every=5, ema=0.9, seed=3)
+
+
+def _model() -> ScoreMLP:
+    torch.manual_seed(0)
+    return ScoreMLP(3, 16, 2)
+
+
+def _data() -> torch.Tensor:
+    return torch.randn(40, 3, generator=torch.Generator().manual_seed(1))
+
+
+def test_interrupted_and_resumed_run_equals_uninterrupted(tmp_path):
+    straight, ema_straight, losses = train(_model(), _data(), CFG, progress=False)
+    ckpt = tmp_path / "run.pt"
+    train(_model(), _data(), CFG, ckpt, progress=False, stop_after=7)  # "killed" after 7 steps
+    resumed, ema_resumed, losses_resumed = train(_model(), _data(), CFG, ckpt, progress=False)
+    assert losses_resumed == losses
+    for a, b in zip(straight.parameters(), resumed.parameters(), strict=True):
+        assert torch.equal(a, b)
+    for a, b in zip(ema_straight.parameters(), ema_resumed.parameters(), strict=True):
+        assert torch.equal(a, b)
+
+
+def test_no_partial_checkpoint_when_writing_fails(tmp_path, monkeypatch):
+    ckpt = tmp_path / "run.pt"
+
+    def broken_save(obj, f, *args, **kwargs):
+        f.write(b"half a checkpoint")
+        raise KeyboardInterrupt  # killed while serializing
+
+    monkeypatch.setattr(training.torch, "save", broken_save)
+    with pytest.raises(KeyboardInterrupt):
+        train(_model(), _data(), CFG, ckpt, progress=False)
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_dsm_loss_of_the_exact_empirical_score_is_near_zero_at_small_t():
+    """The empirical score minimizes the DSM loss on its own training set (§3): at small
+    t its weighted loss is far below that of a zero score (which is E||eps||^2 = d)."""
+    data = 3 * _data()
+    emp = EmpiricalScore(data)
+    g = torch.Generator().manual_seed(2)
+    idx = torch.randint(40, (256,), generator=g)
+    t = torch.full((256,), 1e-3)
+    eps = torch.randn(256, 3, generator=g)
+    assert dsm_loss(emp, data[idx], t, eps) < 1e-3
+    zero = dsm_loss(lambda x, t: torch.zeros_like(x), data[idx], t, eps)
+    assert zero == pytest.approx(eps.square().sum(1).mean())
+
+
+@pytest.mark.parametrize("how", ["uniform", "log_uniform", "beta"])
+def test_times_lie_in_range(how):
+    cfg = TrainConfig(time_sampling=how, t0=1e-3, T=2.0)
+    t = sample_times(cfg, 2000, torch.Generator().manual_seed(0))
+    assert t.min() >= 1e-3 and t.max() <= 2.0
+
+
+def test_bad_config_and_data():
+    with pytest.raises(ValueError, match="time_sampling"):
+        TrainConfig(time_sampling="cosine")
+    with pytest.raises(ValueError, match="t0"):
+        TrainConfig(t0=0.0)
+    with pytest.raises(ValueError, match="ema"):
+        TrainConfig(ema=1.5)
+    with pytest.raises(ValueError, match="data"):
+        train(_model(), torch.tensor([[float("nan")] * 3]), CFG, progress=False)
