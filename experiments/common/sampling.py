@@ -21,7 +21,7 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
-from theory.process import check_time
+from theory.process import log_time_grid
 
 __all__ = ["sampling_times", "reverse_sde", "probability_flow", "sample"]
 
@@ -31,12 +31,12 @@ METHODS = ("exponential", "euler_maruyama", "heun_ode")
 
 def sampling_times(T: float, t0: float, steps: int) -> np.ndarray:
     """steps + 1 times from T down to t0, log-spaced (dense near t0), shape (steps + 1,)."""
-    check_time(t0, name="t0")
-    if not T > t0:
-        raise ValueError(f"T must exceed t0={t0}, got {T}")
     if steps < 1:
         raise ValueError(f"steps must be >= 1, got {steps}")
-    return np.geomspace(T, t0, steps + 1)
+    try:
+        return log_time_grid(t0, T, steps + 1)[::-1].copy()
+    except ValueError as err:  # name the sampler's arguments, not the grid's
+        raise ValueError(str(err).replace("t_min", "t0").replace("t_max", "T")) from None
 
 
 def _column(t: float, x: torch.Tensor) -> torch.Tensor:
