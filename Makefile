@@ -22,6 +22,7 @@ test: $(STAMP)
 
 bench: $(STAMP)
 	$(PY) -m experiments.bench_scores $(ARGS)
+	$(PY) -m experiments.bench_metrics $(ARGS)
 
 clean-venv:
 	rm -rf .venv

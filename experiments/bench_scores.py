@@ -77,8 +77,16 @@ __all__ = [
     "score_full_reference",
     "score_float64_check",
     "max_relative_difference",
+    "n_cores",
     "time_methods",
+    "peak_readings",
+    "measure_call_peak",
+    "run_memory_probes",
     "peak_extra_mib",
+    "config_args",
+    "safe_ratio",
+    "target_entry",
+    "write_json",
     "run_benchmark",
     "format_report",
     "main",
@@ -283,6 +291,43 @@ def _reset_peak() -> bool:
     return True
 
 
+def peak_readings() -> tuple[float, float | None]:
+    """(ru_maxrss, VmHWM) of this process in MiB; VmHWM is None off Linux."""
+    return _maxrss_mib(), _hwm_mib()
+
+
+def measure_call_peak(
+    call: Callable[[], object],
+    setup: tuple[tuple[float, float | None], tuple[float, float | None]] | None = None,
+    not_reset_note: str = "an earlier peak may hide the call's",
+) -> dict[str, float | str | None]:
+    """Peak RSS growth in MiB caused by one ``call()`` in this process, for a memory probe.
+
+    Call it once the data exist and the thread pool runs. On Linux the peak is first reset
+    to the current RSS, so that neither earlier temporaries nor the parent's peak (which
+    ru_maxrss inherits across exec) hide the call's own peak. ru_maxrss is the measure;
+    should it still read above this address space's own peak (VmHWM), VmHWM is used.
+    ``setup``: optional (before, after) ``peak_readings()`` around a one-time setup, reported
+    as setup_extra_mib with the same counter. Returns counter, before_mib, after_mib,
+    extra_mib and setup_extra_mib (None without setup).
+    """
+    reset = _reset_peak()
+    before = peak_readings()
+    call()
+    after = peak_readings()
+    inherited = before[1] is not None and before[0] > before[1] + 1.0
+    i, counter = (1, "VmHWM") if inherited else (0, "ru_maxrss")
+    if not reset:
+        counter += f" (peak not reset: {not_reset_note})"
+    return {
+        "counter": counter,
+        "before_mib": before[i],
+        "after_mib": after[i],
+        "extra_mib": after[i] - before[i],
+        "setup_extra_mib": None if setup is None else setup[1][i] - setup[0][i],
+    }
+
+
 def _memory_probe(cfg: BenchConfig, method: str) -> dict[str, float | str | None]:
     """In this (fresh) process: peak RSS growth in MiB caused by one call of ``method``.
 
@@ -305,25 +350,11 @@ def _memory_probe(cfg: BenchConfig, method: str) -> dict[str, float | str | None
     torch.mm(small, small)  # start the thread pool and BLAS before the baseline
     setup = None
     if method == "ours":
-        before_setup = _maxrss_mib(), _hwm_mib()
+        before_setup = peak_readings()
         est = EmpiricalScore(points)  # one-time setup: squared norms of the points
-        setup = _maxrss_mib(), _hwm_mib()
+        setup = before_setup, peak_readings()
         call = lambda: score_ours(est, x, cfg.t)  # noqa: E731
-    reset = _reset_peak()
-    before = _maxrss_mib(), _hwm_mib()
-    call()
-    after = _maxrss_mib(), _hwm_mib()
-    inherited = before[1] is not None and before[0] > before[1] + 1.0
-    i, counter = (1, "VmHWM") if inherited else (0, "ru_maxrss")
-    if not reset:
-        counter += " (peak not reset: ours may be hidden under its setup peak)"
-    return {
-        "counter": counter,
-        "before_mib": before[i],
-        "after_mib": after[i],
-        "extra_mib": after[i] - before[i],
-        "setup_extra_mib": None if setup is None else setup[i] - before_setup[i],
-    }
+    return measure_call_peak(call, setup, "ours may be hidden under its setup peak")
 
 
 def peak_extra_mib(cfg: BenchConfig, methods: Sequence[str]) -> dict[str, dict]:
@@ -339,6 +370,17 @@ def peak_extra_mib(cfg: BenchConfig, methods: Sequence[str]) -> dict[str, dict]:
     for method in methods:
         if method not in METHODS:
             raise ValueError(f"method must be one of {METHODS}, got {method!r}")
+    return run_memory_probes("experiments.bench_scores", methods, config_args(cfg))
+
+
+def run_memory_probes(module: str, methods: Sequence[str], args: Sequence[str]) -> dict[str, dict]:
+    """Run ``python -m MODULE --memory-probe METHOD ARGS...`` once per method, all at once.
+
+    Each probe is a fresh process that measures only itself and prints one JSON dict as its
+    last line of output; returns those dicts by method. The repository root is put on
+    PYTHONPATH, and glibc's mmap threshold is fixed at 64 KiB (see below). Raises
+    RuntimeError with the end of its stderr if a probe fails.
+    """
     env = dict(os.environ)
     root = str(Path(__file__).resolve().parent.parent)
     env["PYTHONPATH"] = os.pathsep.join(filter(None, [root, env.get("PYTHONPATH")]))
@@ -348,9 +390,9 @@ def peak_extra_mib(cfg: BenchConfig, methods: Sequence[str]) -> dict[str, dict]:
     env["MALLOC_MMAP_THRESHOLD_"] = str(64 * 1024)
     procs = {}
     for method in methods:
-        cmd = [sys.executable, "-m", "experiments.bench_scores", "--memory-probe", method]
+        cmd = [sys.executable, "-m", module, "--memory-probe", method]
         procs[method] = subprocess.Popen(
-            cmd + _config_args(cfg),
+            cmd + list(args),
             stdout=subprocess.PIPE,
             stderr=subprocess.PIPE,
             text=True,
@@ -365,7 +407,8 @@ def peak_extra_mib(cfg: BenchConfig, methods: Sequence[str]) -> dict[str, dict]:
     return results
 
 
-def _config_args(cfg: BenchConfig) -> list[str]:
+def config_args(cfg: object) -> list[str]:
+    """A config dataclass as command-line options ``--field=value``, one per field."""
     return [f"--{k}={v}" for k, v in asdict(cfg).items()]
 
 
@@ -434,14 +477,14 @@ def run_benchmark(cfg: BenchConfig, *, memory: bool = True) -> dict:
     ratios = {
         "ours_over_bare": median["ours"] / median["bare"],
         "ours_over_reference": median["ours"] / median["reference"],
-        "memory_ours_over_reference": _safe_ratio(mem.get("ours"), mem.get("reference")),
+        "memory_ours_over_reference": safe_ratio(mem.get("ours"), mem.get("reference")),
     }
     targets = {
-        "ours <= 1.3 x bare matmuls": _target(ratios["ours_over_bare"], TARGET_BARE_RATIO),
-        "ours <= 1.0 x reference time": _target(
+        "ours <= 1.3 x bare matmuls": target_entry(ratios["ours_over_bare"], TARGET_BARE_RATIO),
+        "ours <= 1.0 x reference time": target_entry(
             ratios["ours_over_reference"], TARGET_REF_TIME_RATIO
         ),
-        "ours <= 25% of reference peak memory": _target(
+        "ours <= 25% of reference peak memory": target_entry(
             ratios["memory_ours_over_reference"], TARGET_REF_MEMORY_RATIO
         ),
     }
@@ -467,13 +510,15 @@ def run_benchmark(cfg: BenchConfig, *, memory: bool = True) -> dict:
     }
 
 
-def _safe_ratio(num: float | None, den: float | None) -> float | None:
+def safe_ratio(num: float | None, den: float | None) -> float | None:
+    """num / den (num clipped at 0), or None when either is missing or den <= 0."""
     if num is None or den is None or den <= 0:
         return None
     return max(num, 0.0) / den
 
 
-def _target(value: float | None, bound: float) -> dict:
+def target_entry(value: float | None, bound: float) -> dict:
+    """A target as reported: its value, its bound, and whether value <= bound (met)."""
     return {"value": value, "bound": bound, "met": value is not None and value <= bound}
 
 
@@ -549,7 +594,7 @@ def format_report(res: dict) -> str:
     return "\n".join(lines)
 
 
-def _write_json(path: Path, obj: dict) -> None:
+def write_json(path: Path, obj: dict) -> None:
     """Write obj as JSON atomically (temp file in the same folder, then rename)."""
     path.parent.mkdir(parents=True, exist_ok=True)
     with tempfile.NamedTemporaryFile("w", dir=path.parent, suffix=".tmp", delete=False) as f:
@@ -602,7 +647,7 @@ def main(argv: Sequence[str] | None = None) -> dict | None:
     res = run_benchmark(cfg, memory=not args.no_memory)
     print(format_report(res))
     if args.json is not None:
-        _write_json(args.json, res)
+        write_json(args.json, res)
         print(f"\nwrote {args.json}")
     if not res["agreement"]["agree"]:
         raise SystemExit(1)

@@ -94,24 +94,34 @@ def _time_input(x: torch.Tensor, t: Time) -> torch.Tensor:
 class ScoreMLP(nn.Module):
     """A member of F(W, L, N): time-conditioned ReLU MLP read as a score (§5).
 
-    d: data dimension; width W; depth L = number of hidden layers; emb_dim: size of the
+    d: data dimension; width W (an int: every hidden layer; or one width per hidden layer,
+    as a pruned network has); depth L = number of hidden layers; emb_dim: size of the
     log-t embedding. forward(x (batch, d), t float or (batch,)) -> score (batch, d).
+    ``width`` is then W = the largest hidden width, ``hidden_widths`` the per-layer ones.
     """
 
     def __init__(
-        self, d: int, width: int, depth: int = 1, emb_dim: int = 16,
+        self, d: int, width: int | Sequence[int], depth: int | None = None, emb_dim: int = 16,
         parametrization: str = "denoiser",
     ) -> None:
         super().__init__()
         _check_parametrization(parametrization)
-        if min(d, width, depth) < 1:
-            raise ValueError(f"d, width, depth must be >= 1, got {d}, {width}, {depth}")
-        self.d, self.width, self.depth, self.parametrization = d, width, depth, parametrization
+        if isinstance(width, int):
+            widths = [width] * (1 if depth is None else depth)
+        else:
+            widths = [int(w) for w in width]
+            if depth is not None and depth != len(widths):
+                raise ValueError(f"depth={depth} disagrees with {len(widths)} widths {widths}")
+        if d < 1 or not widths or min(widths) < 1:
+            raise ValueError(f"need d >= 1 and depth >= 1 widths >= 1, got d={d}, widths={widths}")
+        self.d, self.parametrization = d, parametrization
+        self.hidden_widths = tuple(widths)
+        self.width, self.depth = max(widths), len(widths)
         self.embed = LogTimeEmbedding(emb_dim)
-        dims = [d + emb_dim] + [width] * depth
+        dims = [d + emb_dim, *widths]
         pairs = zip(dims[:-1], dims[1:], strict=True)
         self.hidden = nn.ModuleList(nn.Linear(a, b) for a, b in pairs)
-        self.out = nn.Linear(width, d)
+        self.out = nn.Linear(widths[-1], d)
 
     @property
     def num_params(self) -> int:
@@ -222,6 +232,8 @@ class MLPEnsemble(nn.Module):
                 first.d, first.depth, first.embed.dim, first.parametrization
             ):
                 raise ValueError("members must share d, depth, emb_dim and parametrization")
+            if len(set(m.hidden_widths)) > 1:
+                raise ValueError(f"members need one width per network, got {m.hidden_widths}")
         ens = cls.__new__(cls)
         nn.Module.__init__(ens)
         ens._load(list(members))

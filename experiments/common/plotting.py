@@ -13,7 +13,8 @@ import numpy as np  # noqa: E402
 
 from experiments.common.runs import atomic_write_bytes  # noqa: E402
 
-__all__ = ["STYLE", "COLORS", "new_figure", "save_figure", "band", "positive"]
+__all__ = ["STYLE", "COLORS", "new_figure", "save_figure", "band", "positive", "caption",
+           "log_ticks"]
 
 STYLE = {
     "font.size": 9,
@@ -65,3 +66,15 @@ def positive(values) -> np.ndarray:
     """values with non-positive entries replaced by NaN, so a log axis leaves them out visibly."""
     arr = np.asarray(values, dtype=float)
     return np.where(arr > 0, arr, np.nan)
+
+
+def caption(fig, text: str, y: float = -0.01) -> None:
+    """A small italic caption under the panels (e.g. which profile and grid made them);
+    y in figure coordinates (lower it below a figure legend)."""
+    fig.text(0.5, y, text, ha="center", va="top", fontsize=7, style="italic", wrap=True)
+
+
+def log_ticks(ax, values, axis: str = "x") -> None:
+    """Ticks at exactly ``values`` labelled as plain numbers, no minor ticks (log axes)."""
+    getattr(ax, f"set_{axis}ticks")(list(values), [f"{v:g}" for v in values])
+    ax.minorticks_off()

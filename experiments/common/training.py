@@ -28,9 +28,10 @@ from tqdm import tqdm
 from experiments.common.runs import atomic_write_bytes, resolve_device
 from theory.process import BetaTimeSampler, alpha, sigma
 
-__all__ = ["TrainConfig", "sample_times", "dsm_loss", "train"]
+__all__ = ["TrainConfig", "learning_rate", "sample_times", "dsm_loss", "train"]
 
 TIME_SAMPLING = ("uniform", "log_uniform", "beta")
+LR_SCHEDULES = ("constant", "cosine")
 
 
 @dataclass(frozen=True)
@@ -40,6 +41,7 @@ class TrainConfig:
     steps: int = 4000
     batch: int = 256
     lr: float = 1e-3
+    lr_schedule: str = "constant"  # or "cosine": lr * (1 + cos(pi * step / steps)) / 2
     weight_decay: float = 0.0
     t0: float = 1e-3
     T: float = 8.0
@@ -61,10 +63,21 @@ class TrainConfig:
             raise ValueError(
                 f"time_sampling must be one of {TIME_SAMPLING}, got {self.time_sampling!r}"
             )
+        if self.lr_schedule not in LR_SCHEDULES:
+            raise ValueError(
+                f"lr_schedule must be one of {LR_SCHEDULES}, got {self.lr_schedule!r}"
+            )
         if self.ema is not None and not 0 < self.ema < 1:
             raise ValueError(f"ema must be None or in (0, 1), got {self.ema}")
         if not self.lr > 0 or self.weight_decay < 0:
             raise ValueError(f"need lr > 0, weight_decay >= 0; got {self.lr}, {self.weight_decay}")
+
+
+def learning_rate(config: TrainConfig, step: int) -> float:
+    """The learning rate of step ``step`` (0-based) under config.lr_schedule."""
+    if config.lr_schedule == "cosine":
+        return config.lr * 0.5 * (1 + math.cos(math.pi * step / config.steps))
+    return config.lr
 
 
 def sample_times(config: TrainConfig, n: int, generator: torch.Generator) -> torch.Tensor:
@@ -143,6 +156,8 @@ def train(
         loss = dsm_loss(model, data[idx.to(dev)], t, eps.to(dev))
         opt.zero_grad(set_to_none=True)
         loss.backward()
+        for group in opt.param_groups:  # a function of the step: nothing extra to checkpoint
+            group["lr"] = learning_rate(config, step)
         if config.grad_clip is not None:
             nn.utils.clip_grad_norm_(model.parameters(), config.grad_clip)
         opt.step()

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 import pytest
 import torch
 
@@ -22,11 +24,13 @@ def _data() -> torch.Tensor:
     return torch.randn(40, 3, generator=torch.Generator().manual_seed(1))
 
 
-def test_interrupted_and_resumed_run_equals_uninterrupted(tmp_path):
-    straight, ema_straight, losses = train(_model(), _data(), CFG, progress=False)
+@pytest.mark.parametrize("schedule", ["constant", "cosine"])
+def test_interrupted_and_resumed_run_equals_uninterrupted(tmp_path, schedule):
+    cfg = replace(CFG, lr_schedule=schedule)
+    straight, ema_straight, losses = train(_model(), _data(), cfg, progress=False)
     ckpt = tmp_path / "run.pt"
-    train(_model(), _data(), CFG, ckpt, progress=False, stop_after=7)  # "killed" after 7 steps
-    resumed, ema_resumed, losses_resumed = train(_model(), _data(), CFG, ckpt, progress=False)
+    train(_model(), _data(), cfg, ckpt, progress=False, stop_after=7)  # "killed" after 7 steps
+    resumed, ema_resumed, losses_resumed = train(_model(), _data(), cfg, ckpt, progress=False)
     assert losses_resumed == losses
     for a, b in zip(straight.parameters(), resumed.parameters(), strict=True):
         assert torch.equal(a, b)
@@ -77,3 +81,13 @@ def test_bad_config_and_data():
         TrainConfig(ema=1.5)
     with pytest.raises(ValueError, match="data"):
         train(_model(), torch.tensor([[float("nan")] * 3]), CFG, progress=False)
+
+
+def test_cosine_learning_rate_decays_from_lr_to_zero():
+    cfg = TrainConfig(steps=100, lr=3e-3, lr_schedule="cosine")
+    rates = [training.learning_rate(cfg, k) for k in range(cfg.steps + 1)]
+    assert rates[0] == 3e-3 and rates[-1] == pytest.approx(0, abs=1e-18)
+    assert all(a >= b for a, b in zip(rates, rates[1:], strict=False))
+    assert training.learning_rate(TrainConfig(lr=3e-3), 50) == 3e-3
+    with pytest.raises(ValueError, match="lr_schedule"):
+        TrainConfig(lr_schedule="linear")

@@ -31,6 +31,19 @@ def test_param_count_formula(d, width, depth, emb):
         assert net.num_params == (d + emb + 1) * width + (width + 1) * d
 
 
+@given(st.integers(1, 5), st.lists(st.integers(1, 30), min_size=1, max_size=4))
+def test_per_layer_widths(d, widths):
+    net = ScoreMLP(d, widths, emb_dim=4)
+    assert net.hidden_widths == tuple(widths) and net.depth == len(widths)
+    assert net.width == max(widths)
+    dims = [d + 4, *widths, d]
+    assert net.num_params == sum((a + 1) * b for a, b in zip(dims, dims[1:], strict=False))
+    if len(set(widths)) == 1:
+        assert net.num_params == ScoreMLP(d, widths[0], len(widths), 4).num_params
+    with pytest.raises(ValueError, match="depth"):
+        ScoreMLP(d, widths, depth=len(widths) + 1)
+
+
 def test_time_conditioning_changes_outputs():
     torch.manual_seed(0)
     net = ScoreMLP(3, 32, 2, parametrization="score").double()

@@ -1,0 +1,284 @@
+"""Structured pruning of score networks: the suite's one pruning module (§6.2, App. D.1).
+
+A model's prunable *groups* (hidden units of an MLP layer here; attention heads and MLP
+channels of the DiT use the same interface) each get a mask variable xi_h multiplying the
+group's output. One-shot pruning then follows the paper's Algorithm 2:
+
+1. importance: for batches x of the training set with t ~ Beta(0.8, 2) mapped onto
+   [t0, T] (most mass at small t, where memorization lives), accumulate
+   S(h) += |dL(x, t) / d xi_h| at xi = 1, L the DSM training loss (eq. 3.1);
+2. normalize per layer, I(h) = S(h) / sqrt(sum_{h' in layer} S(h')^2);
+3. remove the floor(eta * H) groups of lowest I(h), ranked globally over all layers;
+4. fine-tune the smaller model with the shared training loop (experiments/common/training).
+
+Baselines: magnitude (weight norms of the group, normalized per layer the same way) and
+random scores. ``prune`` removes the groups physically: the result is a smaller model
+whose outputs equal those of the original with the removed groups masked to zero.
+
+    groups = HiddenUnits(net)
+    scores = importance(groups, "mask_gradient", data, batches=32, t0=1e-3, T=8.0)
+    keep = select(scores, eta=0.2, min_keep=groups.min_keep)
+    small = prune(groups, keep)            # == net with masks_from_keep(keep) applied
+"""
+
+from __future__ import annotations
+
+import math
+from abc import ABC, abstractmethod
+from collections.abc import Iterator
+from contextlib import contextmanager
+
+import torch
+from torch import nn
+
+from experiments.common.training import dsm_loss
+from theory.networks import ScoreMLP
+from theory.process import BetaTimeSampler
+
+__all__ = [
+    "IMPORTANCE_METHODS",
+    "Groups",
+    "HiddenUnits",
+    "mask_gradients",
+    "normalize_per_layer",
+    "importance",
+    "select",
+    "masks_from_keep",
+    "prune",
+]
+
+IMPORTANCE_METHODS = ("mask_gradient", "magnitude", "random")
+Scores = dict[str, torch.Tensor]  # layer name -> one value per group, shape (groups,)
+
+
+class Groups(ABC):
+    """The prunable groups of one model, layer by layer (layers in forward order).
+
+    ``min_keep`` is the policy for emptying a layer: the fewest groups a layer keeps.
+    """
+
+    model: nn.Module
+    min_keep: int = 0
+
+    @abstractmethod
+    def sizes(self) -> dict[str, int]:
+        """Number of groups of each layer."""
+
+    @abstractmethod
+    @contextmanager
+    def masked(self, masks: Scores) -> Iterator[None]:
+        """Inside the block the model multiplies group h's output by masks[layer][h]."""
+
+    @abstractmethod
+    def magnitude(self) -> Scores:
+        """A weight-norm score per group (the magnitude baseline), shape (groups,) per layer."""
+
+    @abstractmethod
+    def pruned(self, keep: dict[str, torch.Tensor]) -> nn.Module:
+        """A new model without the groups where keep[layer] is False."""
+
+    def check(self, scores: Scores, name: str) -> None:
+        """Raise ValueError unless scores has one 1-D tensor of the right size per layer."""
+        sizes = self.sizes()
+        if set(scores) != set(sizes):
+            raise ValueError(f"{name} must have the layers {sorted(sizes)}, got {sorted(scores)}")
+        for layer, size in sizes.items():
+            if tuple(scores[layer].shape) != (size,):
+                raise ValueError(
+                    f"{name}[{layer!r}] must have shape ({size},), got {tuple(scores[layer].shape)}"
+                )
+
+
+class HiddenUnits(Groups):
+    """The hidden units of a ``ScoreMLP``, one layer per hidden layer ("hidden.0", ...).
+
+    The mask multiplies a unit's pre-activation; for a 0/1 mask that equals masking its
+    ReLU output, and at xi = 1 both have the same derivative relu(h), so the importance is
+    that of the unit's output as in Alg. 2. Every layer keeps at least one unit
+    (``min_keep = 1``): an empty layer would cut the network in two.
+    """
+
+    min_keep = 1
+
+    def __init__(self, model: ScoreMLP) -> None:
+        if not isinstance(model, ScoreMLP):
+            raise TypeError(f"model must be a ScoreMLP, got {type(model).__name__}")
+        self.model = model
+
+    def sizes(self) -> dict[str, int]:
+        return {f"hidden.{k}": w for k, w in enumerate(self.model.hidden_widths)}
+
+    @contextmanager
+    def masked(self, masks: Scores) -> Iterator[None]:
+        self.check(masks, "masks")
+        handles = [
+            layer.register_forward_hook(lambda _m, _i, out, xi=masks[f"hidden.{k}"]: out * xi)
+            for k, layer in enumerate(self.model.hidden)
+        ]
+        try:
+            yield
+        finally:
+            for h in handles:
+                h.remove()
+
+    def magnitude(self) -> Scores:
+        # ||incoming weights and bias|| * ||outgoing weights||: the unit's size in both
+        # directions (invariant to the ReLU's rescaling w_in -> c w_in, w_out -> w_out / c).
+        nxt = [*self.model.hidden[1:], self.model.out]
+        out = {}
+        for k, (layer, after) in enumerate(zip(self.model.hidden, nxt, strict=True)):
+            w_in = torch.cat([layer.weight, layer.bias[:, None]], dim=1).norm(dim=1)
+            out[f"hidden.{k}"] = (w_in * after.weight.norm(dim=0)).detach()
+        return out
+
+    def pruned(self, keep: dict[str, torch.Tensor]) -> ScoreMLP:
+        self.check(keep, "keep")
+        m = self.model
+        idx = [keep[f"hidden.{k}"].nonzero()[:, 0] for k in range(m.depth)]
+        small = ScoreMLP(m.d, [len(i) for i in idx], emb_dim=m.embed.dim,
+                         parametrization=m.parametrization)
+        ref = m.out.weight
+        small = small.to(device=ref.device, dtype=ref.dtype)
+        prev = torch.arange(m.d + m.embed.dim, device=ref.device)  # inputs all kept
+        with torch.no_grad():
+            for k, (src, dst) in enumerate(zip(m.hidden, small.hidden, strict=True)):
+                dst.weight.copy_(src.weight[idx[k]][:, prev])
+                dst.bias.copy_(src.bias[idx[k]])
+                prev = idx[k]
+            small.out.weight.copy_(m.out.weight[:, prev])
+            small.out.bias.copy_(m.out.bias)
+        return small
+
+
+def mask_gradients(
+    groups: Groups,
+    data: torch.Tensor,
+    batches: int,
+    batch_size: int = 256,
+    t0: float = 1e-3,
+    T: float = 8.0,
+    beta: tuple[float, float] = (0.8, 2.0),
+    seed: int = 0,
+) -> Scores:
+    """S(h) = sum over ``batches`` batches of |dL/d xi_h| at xi = 1 (Alg. 2, step 1).
+
+    data (N, ...): the training set; L: the DSM loss (eq. 3.1) of a batch of batch_size
+    training points with times t ~ Beta(beta) on [t0, T] and fresh noise. The model's
+    parameters get no gradient and are left unchanged. Returns (groups,) per layer.
+    """
+    if batches < 1 or batch_size < 1:
+        raise ValueError(f"batches and batch_size must be >= 1, got {batches}, {batch_size}")
+    ref = next(groups.model.parameters())
+    dev, dtype = ref.device, ref.dtype
+    data = data.to(dev, dtype)
+    g = torch.Generator().manual_seed(seed)  # CPU draws: the same numbers on any device
+    sampler = BetaTimeSampler(*beta, t0, T)
+    masks = {k: torch.ones(s, device=dev, dtype=dtype, requires_grad=True)
+             for k, s in groups.sizes().items()}
+    total = {k: torch.zeros(s, device=dev, dtype=dtype) for k, s in groups.sizes().items()}
+    was_training = groups.model.training
+    groups.model.eval()
+    try:
+        with groups.masked(masks):
+            for _ in range(batches):
+                idx = torch.randint(data.shape[0], (batch_size,), generator=g)
+                t = sampler.sample(batch_size, g, torch.float64).to(dev, dtype)
+                eps = torch.randn((batch_size, *data.shape[1:]), generator=g, dtype=dtype)
+                loss = dsm_loss(groups.model, data[idx.to(dev)], t, eps.to(dev))
+                grads = torch.autograd.grad(loss, list(masks.values()))
+                for k, gr in zip(masks, grads, strict=True):
+                    total[k] += gr.abs()
+    finally:
+        groups.model.train(was_training)
+    return total
+
+
+def normalize_per_layer(scores: Scores) -> Scores:
+    """I(h) = S(h) / ||S(layer)||_2 (Alg. 2, step 2); a layer of zeros stays zero."""
+    out = {}
+    for k, s in scores.items():
+        if not torch.isfinite(s).all() or (s < 0).any():
+            raise ValueError(f"scores[{k!r}] must be finite and >= 0")
+        norm = s.norm()
+        out[k] = s / norm if norm > 0 else s.clone()
+    return out
+
+
+def importance(
+    groups: Groups, method: str, data: torch.Tensor | None = None, batches: int = 32,
+    batch_size: int = 256, t0: float = 1e-3, T: float = 8.0, beta: tuple[float, float] = (0.8, 2.0),
+    seed: int = 0,
+) -> Scores:
+    """Per-layer normalized importance of every group by ``method`` (Alg. 2 and baselines).
+
+    "mask_gradient": Alg. 2 (needs the training set ``data``); "magnitude": weight norms;
+    "random": uniform scores from ``seed``. Returns (groups,) per layer, compared globally.
+    """
+    if method not in IMPORTANCE_METHODS:
+        raise ValueError(f"method must be one of {IMPORTANCE_METHODS}, got {method!r}")
+    if method == "mask_gradient":
+        if data is None:
+            raise ValueError("method 'mask_gradient' needs the training set: pass data")
+        raw = mask_gradients(groups, data, batches, batch_size, t0, T, beta, seed)
+    elif method == "magnitude":
+        raw = groups.magnitude()
+    else:
+        g = torch.Generator().manual_seed(seed)
+        raw = {k: torch.rand(s, generator=g, dtype=torch.float64)
+               for k, s in groups.sizes().items()}
+    return normalize_per_layer(raw)
+
+
+def select(scores: Scores, eta: float, min_keep: int = 0) -> dict[str, torch.Tensor]:
+    """keep masks (bool, (groups,) per layer) without the floor(eta * H) lowest groups overall.
+
+    H = all groups of all layers; ranking is global (Alg. 2, step 3); ties go to the earlier
+    layer and group. A group whose removal would leave its layer with fewer than
+    ``min_keep`` groups is skipped and the next lowest is taken instead.
+    """
+    if not (isinstance(eta, int | float) and 0 <= eta < 1):
+        raise ValueError(f"eta (pruning ratio) must be in [0, 1), got {eta!r}")
+    if min_keep < 0:
+        raise ValueError(f"min_keep must be >= 0, got {min_keep}")
+    layers = list(scores)
+    sizes = [scores[k].numel() for k in layers]
+    total = sum(sizes)
+    remove = math.floor(eta * total)
+    removable = sum(max(0, s - min_keep) for s in sizes)
+    if remove > removable:
+        raise ValueError(f"eta={eta} removes {remove} of {total} groups, but only {removable} "
+                         f"can go while every layer keeps min_keep={min_keep}")
+    flat = torch.cat([scores[k].detach().double().cpu() for k in layers])
+    owner = torch.cat([torch.full((s,), i) for i, s in enumerate(sizes)])
+    order = torch.argsort(flat, stable=True)
+    keep = torch.ones(total, dtype=torch.bool)
+    left = list(sizes)
+    removed = 0
+    for j in order.tolist():
+        if removed == remove:
+            break
+        if left[owner[j]] > min_keep:
+            keep[j] = False
+            left[owner[j]] -= 1
+            removed += 1
+    return dict(zip(layers, keep.split(sizes), strict=True))
+
+
+def masks_from_keep(keep: dict[str, torch.Tensor], like: torch.Tensor) -> Scores:
+    """0/1 masks in the dtype and device of ``like`` from keep masks (for ``Groups.masked``)."""
+    return {k: v.to(device=like.device, dtype=like.dtype) for k, v in keep.items()}
+
+
+def prune(groups: Groups, keep: dict[str, torch.Tensor]) -> nn.Module:
+    """The physically smaller model without the groups where keep is False (Alg. 2, step 3).
+
+    Its outputs equal the original's under ``groups.masked(masks_from_keep(keep, ...))``.
+    """
+    groups.check(keep, "keep")
+    for k, v in keep.items():
+        if v.dtype != torch.bool:
+            raise TypeError(f"keep[{k!r}] must be a bool tensor, got {v.dtype}")
+        if int(v.sum()) < groups.min_keep:
+            raise ValueError(f"keep[{k!r}] keeps {int(v.sum())} groups, fewer than "
+                             f"min_keep={groups.min_keep}")
+    return groups.pruned(keep)

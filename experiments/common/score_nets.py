@@ -1,0 +1,222 @@
+"""Score networks on the paper's Gaussian mixtures: train, sample, measure (§6.1).
+
+The recipe shared by Figs. 2-3 and the pruning bridge, so that every study trains,
+samples and scores its networks the same way:
+
+    points = training_set(mixture, n, seed)             # (n, d), the data set D
+    net = train_score_net(points, spec, train_config)   # a ScoreMLP fitted by DSM
+    report = measure(net, points, mixture, sampler)     # memorization ratio, log-likelihood
+
+and ``reference`` runs the same measurement with the exact empirical score (samples
+reproduce training points: memorization ratio ~1) and the exact true score (fresh
+samples: the chance level of the 1/9 rule and the true log-likelihood).
+
+Trained networks are cached as training checkpoints keyed by everything that fixes them,
+so the studies share networks, and an interrupted training resumes.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import torch
+from scipy import stats
+from torch import nn
+
+from experiments.common.metrics import mean_log_likelihood, nearest_ratio
+from experiments.common.runs import REPO_ROOT, resolve_device
+from experiments.common.sampling import sample
+from experiments.common.training import TrainConfig, train
+from theory.empirical import EmpiricalScore
+from theory.mixtures import GaussianMixture
+from theory.networks import ScoreMLP
+from theory.process import generator
+
+__all__ = [
+    "CACHE_DIR",
+    "NetSpec",
+    "SamplerSpec",
+    "train_config",
+    "sampler_spec",
+    "training_set",
+    "build_net",
+    "train_score_net",
+    "measure",
+    "reference",
+    "wilson_interval",
+    "aggregate",
+    "data_log_likelihood",
+]
+
+CACHE_DIR = REPO_ROOT / "runs" / "checkpoints"
+_TRAIN_STREAM, _SAMPLE_STREAM, _REFERENCE_STREAM = 1, 2, 3  # derive_seed keys: apart draws
+
+
+@dataclass(frozen=True)
+class NetSpec:
+    """A ScoreMLP: hidden widths (one int per hidden layer), embedding size, parametrization."""
+
+    widths: tuple[int, ...]
+    emb_dim: int = 16
+    parametrization: str = "eps"
+
+    @classmethod
+    def uniform(cls, width: int, depth: int, **kwargs) -> NetSpec:
+        """depth hidden layers of ``width`` units."""
+        return cls((int(width),) * int(depth), **kwargs)
+
+
+@dataclass(frozen=True)
+class SamplerSpec:
+    """How samples are drawn: reverse SDE (or probability flow) from T down to t0 (§3)."""
+
+    num: int = 1000
+    T: float = 8.0
+    t0: float = 1e-3
+    steps: int = 400
+    method: str = "exponential"
+
+
+def train_config(config: dict, seed: int, weight_decay: float | None = None,
+                 steps: int | None = None) -> TrainConfig:
+    """The TrainConfig of an experiment config (keys steps, batch, lr, weight_decay, t0, T):
+    DSM with t log-uniform on [t0, T], gradient clipping at 1 (§6.1 recipe)."""
+    return TrainConfig(
+        steps=config["steps"] if steps is None else steps, batch=config["batch"],
+        lr=config["lr"], weight_decay=config["weight_decay"] if weight_decay is None
+        else weight_decay, t0=config["t0"], T=config["T"], time_sampling="log_uniform",
+        grad_clip=1.0, seed=seed,
+    )
+
+
+def sampler_spec(config: dict) -> SamplerSpec:
+    """The SamplerSpec of an experiment config (keys samples, T, t0, sampler_steps)."""
+    return SamplerSpec(num=config["samples"], T=config["T"], t0=config["t0"],
+                       steps=config["sampler_steps"])
+
+
+def training_set(mixture: GaussianMixture, n: int, seed: int) -> torch.Tensor:
+    """The training set D: n draws (n, d) from the mixture, float64, from (seed, n)."""
+    if n < 2:
+        raise ValueError(f"n must be >= 2 (the 1/9 rule needs two neighbours), got {n}")
+    return mixture.sample(n, generator(seed, _TRAIN_STREAM, n))
+
+
+def build_net(d: int, spec: NetSpec, seed: int) -> ScoreMLP:
+    """A freshly initialized ScoreMLP of ``spec`` (float32), weights from ``seed``."""
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        return ScoreMLP(d, list(spec.widths), emb_dim=spec.emb_dim,
+                        parametrization=spec.parametrization)
+
+
+def _cache_key(points: torch.Tensor, spec: NetSpec, config: TrainConfig, seed: int) -> str:
+    blob = json.dumps({"spec": asdict(spec), "config": asdict(config), "seed": seed,
+                       "shape": list(points.shape)}, sort_keys=True).encode()
+    h = hashlib.sha256(blob)
+    h.update(points.detach().cpu().double().numpy().tobytes())
+    return h.hexdigest()[:20]
+
+
+def train_score_net(
+    points: torch.Tensor, spec: NetSpec, config: TrainConfig, device: str = "auto",
+    cache: Path | None = CACHE_DIR, progress: bool = False, init: nn.Module | None = None,
+) -> nn.Module:
+    """Fit a ScoreMLP to D = points (n, d) by DSM (eq. 3.1) with ``config``; returns the EMA
+    model when config.ema is set, else the trained model, in eval mode (float32).
+
+    init: start from this model instead of a fresh one (fine-tuning a pruned network);
+    cache: folder of training checkpoints (None: no caching).
+    """
+    net = build_net(points.shape[1], spec, config.seed) if init is None else init
+    checkpoint = None
+    if cache is not None:
+        key = _cache_key(points, spec, config, config.seed)
+        if init is not None:  # a fine-tuning run is tied to its starting weights too
+            state = torch.cat([p.detach().cpu().double().flatten() for p in init.parameters()])
+            key = hashlib.sha256(key.encode() + state.numpy().tobytes()).hexdigest()[:20]
+        checkpoint = Path(cache) / f"{key}.pt"
+    model, ema, _ = train(net.float(), points.float(), config, checkpoint, device, progress)
+    return (ema if ema is not None else model).eval()
+
+
+def wilson_interval(hits: int, total: int, level: float = 0.95) -> tuple[float, float]:
+    """Wilson score interval of a binomial proportion hits / total (scipy's binomtest)."""
+    if total < 1 or not 0 <= hits <= total:
+        raise ValueError(f"need 0 <= hits <= total, total >= 1; got {hits}, {total}")
+    ci = stats.binomtest(hits, total).proportion_ci(level, method="wilson")
+    return min(float(ci.low), hits / total), max(float(ci.high), hits / total)
+
+
+def measure(
+    score, points: torch.Tensor, mixture: GaussianMixture, sampler: SamplerSpec, seed: int,
+    device: str = "auto", keep_samples: int = 0, threshold: float = 1 / 9,
+    dtype: torch.dtype = torch.float32,
+) -> dict:
+    """Sample from ``score`` and score the samples against D = points (n, d) (§6).
+
+    Returns memorization_ratio with its 95% Wilson interval over the samples, the mean
+    log-likelihood under the true mixture with its standard error, and the first
+    ``keep_samples`` samples (with their per-sample memorized flags) for scatter plots.
+    """
+    dev = resolve_device(device)
+    g = generator(seed, _SAMPLE_STREAM)
+    x = sample(score, sampler.num, points.shape[1], sampler.T, sampler.t0, sampler.steps,
+               sampler.method, generator=g, dtype=dtype, device=dev)
+    x = x.double().cpu()
+    if not torch.isfinite(x).all():
+        raise FloatingPointError("the sampler produced non-finite samples: the score diverged")
+    memorized = nearest_ratio(x, points.double().cpu()) <= threshold
+    hits = int(memorized.sum())
+    ll = mean_log_likelihood(x, mixture)
+    lo, hi = wilson_interval(hits, sampler.num)
+    out = {"memorization_ratio": hits / sampler.num, "ci": [lo, hi],
+           "log_likelihood": ll.value, "log_likelihood_se": ll.stderr}
+    if keep_samples:
+        out["samples"] = x[:keep_samples].tolist()
+        out["memorized"] = memorized[:keep_samples].tolist()
+    return out
+
+
+def reference(
+    kind: str, points: torch.Tensor, mixture: GaussianMixture, sampler: SamplerSpec, seed: int,
+    device: str = "auto", keep_samples: int = 0,
+) -> dict:
+    """``measure`` with an exact score: kind "empirical" (EmpiricalScore of D: memorizes)
+    or "true" (the mixture's score: generalizes), in float64."""
+    if kind not in ("empirical", "true"):
+        raise ValueError(f"kind must be 'empirical' or 'true', got {kind!r}")
+    dev = resolve_device(device)
+    exact = EmpiricalScore(points.double().to(dev)) if kind == "empirical" else mixture.to(dev)
+
+    return measure(exact.score, points, mixture, sampler, seed, device, keep_samples,
+                   dtype=torch.float64)
+
+
+def aggregate(reports: list[dict]) -> dict:
+    """Mean over seeds of ``measure`` reports with error bars for plots and tables.
+
+    Over >= 2 seeds the bars are mean +- one std over seeds; for one seed they are its 95%
+    Wilson interval (memorization) and +- 1.96 standard errors (log-likelihood).
+    """
+    if not reports:
+        raise ValueError("reports must not be empty")
+    ratio = torch.tensor([r["memorization_ratio"] for r in reports], dtype=torch.float64)
+    ll = torch.tensor([r["log_likelihood"] for r in reports], dtype=torch.float64)
+    if len(reports) >= 2:
+        rs, ls = float(ratio.std()), float(ll.std())
+        lo, hi = float(ratio.mean()) - rs, float(ratio.mean()) + rs
+    else:
+        (lo, hi), ls = reports[0]["ci"], 1.96 * reports[0]["log_likelihood_se"]
+    return {"ratio": float(ratio.mean()), "ratio_low": lo, "ratio_high": hi,
+            "ll": float(ll.mean()), "ll_err": ls, "seeds": len(reports)}
+
+
+def data_log_likelihood(mixture: GaussianMixture, num: int, seed: int) -> dict:
+    """E log p(X), X ~ the mixture (minus its entropy), from num fresh draws: the level a
+    generalizing sampler's log-likelihood should reach. {"value", "stderr", "num"}."""
+    draws = mixture.sample(num, generator(seed, _REFERENCE_STREAM))
+    return mean_log_likelihood(draws, mixture).to_dict()
