@@ -23,6 +23,7 @@ test: $(STAMP)
 bench: $(STAMP)
 	$(PY) -m experiments.bench_scores $(ARGS)
 	$(PY) -m experiments.bench_metrics $(ARGS)
+	$(PY) -m experiments.bench_dit $(ARGS)
 
 clean-venv:
 	rm -rf .venv

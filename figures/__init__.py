@@ -7,4 +7,5 @@ REGISTRY = [
     "experiments.gmm_2d",
     "experiments.gmm_sweeps",
     "experiments.gmm_pruning",
+    "experiments.dit_pruning",
 ]

@@ -35,6 +35,9 @@ def main(argv: list[str] | None = None) -> None:
     for module in modules:
         if args.only and module.NAME not in args.only:
             continue
+        if args.profile not in module.PROFILES:  # e.g. "gpu": only the DiT study has one
+            print(f"[{module.NAME}] has no {args.profile!r} profile: skipped")
+            continue
         start = time.perf_counter()
         execute(module, args.profile, out_dir=args.out, force=args.force)
         print(f"[{module.NAME}] done in {time.perf_counter() - start:.1f} s")

@@ -32,6 +32,7 @@ from theory.process import Time, alpha, check_time, sigma, sigma2, time_column
 
 __all__ = [
     "PARAMETRIZATIONS",
+    "as_score",
     "LogTimeEmbedding",
     "mlp_param_count",
     "ScoreMLP",
@@ -76,8 +77,14 @@ def _check_parametrization(parametrization: str) -> None:
         )
 
 
-def _as_score(out: torch.Tensor, x: torch.Tensor, t: torch.Tensor, parametrization: str):
-    """Read a network output as a score; t is a (batch, 1) column broadcast against out."""
+def as_score(
+    out: torch.Tensor, x: torch.Tensor, t: torch.Tensor, parametrization: str
+) -> torch.Tensor:
+    """Read a network output ``out`` (shaped like x) as a score (module docstring, §3).
+
+    t holds the times shaped to broadcast against out: a (batch, 1) column for vectors,
+    (batch, 1, 1, 1) for images. parametrization is one of PARAMETRIZATIONS.
+    """
     if parametrization == "score":
         return out
     if parametrization == "denoiser":
@@ -140,7 +147,7 @@ class ScoreMLP(nn.Module):
 
     def forward(self, x: torch.Tensor, t: Time) -> torch.Tensor:
         tt = _time_input(x, t)
-        return _as_score(self._raw(x, tt), x, tt[:, None], self.parametrization)
+        return as_score(self._raw(x, tt), x, tt[:, None], self.parametrization)
 
 
 # Cost of one more bucket (its extra kernel calls in forward and backward), in the units
@@ -332,7 +339,7 @@ class MLPEnsemble(nn.Module):
             raise ValueError(f"x must have shape (batch, {self.d}), got {tuple(x.shape)}")
         tt = _time_input(x, t)
         out = self.raw(x, tt)
-        return _as_score(out, x[None], tt[None, :, None], self.parametrization)
+        return as_score(out, x[None], tt[None, :, None], self.parametrization)
 
 
 def _member_tensors(m: ScoreMLP) -> list[torch.Tensor]:

@@ -1,8 +1,9 @@
 """Structured pruning of score networks: the suite's one pruning module (§6.2, App. D.1).
 
-A model's prunable *groups* (hidden units of an MLP layer here; attention heads and MLP
-channels of the DiT use the same interface) each get a mask variable xi_h multiplying the
-group's output. One-shot pruning then follows the paper's Algorithm 2:
+A model's prunable *groups* (hidden units of a score MLP's layers: ``HiddenUnits``;
+attention heads and MLP channels of a DiT: ``AttentionHeads``, ``MlpChannels``) each get
+a mask variable xi_h multiplying the group's output. One-shot pruning then follows the
+paper's Algorithm 2:
 
 1. importance: for batches x of the training set with t ~ Beta(0.8, 2) mapped onto
    [t0, T] (most mass at small t, where memorization lives), accumulate
@@ -23,6 +24,7 @@ whose outputs equal those of the original with the removed groups masked to zero
 
 from __future__ import annotations
 
+import copy
 import math
 from abc import ABC, abstractmethod
 from collections.abc import Iterator
@@ -31,6 +33,7 @@ from contextlib import contextmanager
 import torch
 from torch import nn
 
+from experiments.common.dit import Attention, Mlp
 from experiments.common.training import dsm_loss
 from theory.networks import ScoreMLP
 from theory.process import BetaTimeSampler
@@ -39,6 +42,8 @@ __all__ = [
     "IMPORTANCE_METHODS",
     "Groups",
     "HiddenUnits",
+    "AttentionHeads",
+    "MlpChannels",
     "mask_gradients",
     "normalize_per_layer",
     "importance",
@@ -148,6 +153,113 @@ class HiddenUnits(Groups):
             small.out.weight.copy_(m.out.weight[:, prev])
             small.out.bias.copy_(m.out.bias)
         return small
+
+
+class _DiTGroups(Groups):
+    """Groups held by every submodule of one type (dit.Attention or dit.Mlp) of a model, in
+    module order; layer names are the modules' paths ("dit.blocks.0.attn", ...). A layer may
+    lose all its groups (``min_keep = 0``): its branch then outputs only its output bias,
+    exactly what masking all its groups gives."""
+
+    kind: type[nn.Module]
+    mask_attr: str
+
+    def __init__(self, model: nn.Module) -> None:
+        self.model = model
+        self.layers = {n: m for n, m in model.named_modules() if isinstance(m, self.kind)}
+        if not self.layers:
+            raise ValueError(f"model has no {self.kind.__name__} modules to prune")
+
+    @contextmanager
+    def masked(self, masks: Scores) -> Iterator[None]:
+        self.check(masks, "masks")
+        try:
+            for name, module in self.layers.items():
+                setattr(module, self.mask_attr, masks[name])
+            yield
+        finally:
+            for module in self.layers.values():
+                setattr(module, self.mask_attr, None)
+
+    def pruned(self, keep: dict[str, torch.Tensor]) -> nn.Module:
+        self.check(keep, "keep")
+        small = copy.deepcopy(self.model)
+        for name, module in self.layers.items():
+            parent, _, child = name.rpartition(".")
+            idx = keep[name].nonzero()[:, 0].to(next(module.parameters()).device)
+            setattr(small.get_submodule(parent) if parent else small, child,
+                    self._slice(module, idx))
+        return small
+
+    @abstractmethod
+    def _slice(self, module: nn.Module, idx: torch.Tensor) -> nn.Module:
+        """A new module keeping only the groups ``idx`` of ``module``."""
+
+
+class AttentionHeads(_DiTGroups):
+    """The attention heads of every dit.Attention of a model (the paper's groups, §6.2).
+
+    A head h of a layer with H heads of size d_h owns rows part * H * d_h + h * d_h ...
+    + d_h of qkv (part = q, k, v) and the same columns of proj; removing it leaves an
+    Attention with fewer heads of the same d_h. The mask multiplies the head's attention
+    output before the projection (``Attention.head_mask``).
+    """
+
+    kind, mask_attr = Attention, "head_mask"
+
+    def sizes(self) -> dict[str, int]:
+        return {n: m.num_heads for n, m in self.layers.items()}
+
+    def magnitude(self) -> Scores:
+        out = {}
+        for name, m in self.layers.items():
+            H, dh = m.num_heads, m.head_dim
+            qkv = torch.cat([m.qkv.weight, m.qkv.bias[:, None]], 1).view(3, H, dh, -1)
+            w_in = qkv.permute(1, 0, 2, 3).reshape(H, -1).norm(dim=1)  # (H,)
+            w_out = m.proj.weight.view(m.dim, H, dh).permute(1, 0, 2).reshape(H, -1).norm(dim=1)
+            out[name] = (w_in * w_out).detach()
+        return out
+
+    def _slice(self, m: Attention, idx: torch.Tensor) -> Attention:
+        H, dh = m.num_heads, m.head_dim
+        new = Attention(m.dim, len(idx), head_dim=dh, qkv_bias=m.qkv.bias is not None)
+        new = new.to(device=m.proj.weight.device, dtype=m.proj.weight.dtype)
+        cols = (idx[:, None] * dh + torch.arange(dh, device=idx.device)).flatten()  # (k d_h,)
+        rows = torch.cat([part * H * dh + cols for part in range(3)])  # q, k, v blocks
+        with torch.no_grad():
+            new.qkv.weight.copy_(m.qkv.weight[rows])
+            if m.qkv.bias is not None:
+                new.qkv.bias.copy_(m.qkv.bias[rows])
+            new.proj.weight.copy_(m.proj.weight[:, cols])
+            new.proj.bias.copy_(m.proj.bias)
+        return new
+
+
+class MlpChannels(_DiTGroups):
+    """The hidden channels of every dit.Mlp of a model (fc1 rows, fc2 columns); the mask
+    multiplies the GELU output (``Mlp.channel_mask``). An option beside the heads."""
+
+    kind, mask_attr = Mlp, "channel_mask"
+
+    def sizes(self) -> dict[str, int]:
+        return {n: m.hidden_features for n, m in self.layers.items()}
+
+    def magnitude(self) -> Scores:
+        out = {}
+        for name, m in self.layers.items():
+            w_in = torch.cat([m.fc1.weight, m.fc1.bias[:, None]], 1).norm(dim=1)
+            out[name] = (w_in * m.fc2.weight.norm(dim=0)).detach()
+        return out
+
+    def _slice(self, m: Mlp, idx: torch.Tensor) -> Mlp:
+        new = Mlp(m.fc2.out_features, len(idx))
+        new = new.to(device=m.fc2.weight.device, dtype=m.fc2.weight.dtype)
+        with torch.no_grad():
+            new.fc1.weight.copy_(m.fc1.weight[idx])
+            new.fc1.bias.copy_(m.fc1.bias[idx])
+            new.fc2.weight.copy_(m.fc2.weight[:, idx])
+            new.fc2.bias.copy_(m.fc2.bias)
+        return new
 
 
 def mask_gradients(

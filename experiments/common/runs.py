@@ -47,7 +47,7 @@ __all__ = [
 ]
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
-PROFILE_NAMES = ("smoke", "quick", "paper")
+PROFILE_NAMES = ("smoke", "quick", "gpu", "paper")  # "gpu": one GPU, minutes (DiT study)
 
 
 # -- files ----------------------------------------------------------------------------------

@@ -17,9 +17,7 @@ so the studies share networks, and an interrupted training resumes.
 
 from __future__ import annotations
 
-import hashlib
-import json
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
@@ -29,7 +27,7 @@ from torch import nn
 from experiments.common.metrics import mean_log_likelihood, nearest_ratio
 from experiments.common.runs import REPO_ROOT, resolve_device
 from experiments.common.sampling import sample
-from experiments.common.training import TrainConfig, train
+from experiments.common.training import TrainConfig, checkpoint_path, train
 from theory.empirical import EmpiricalScore
 from theory.mixtures import GaussianMixture
 from theory.networks import ScoreMLP
@@ -113,14 +111,6 @@ def build_net(d: int, spec: NetSpec, seed: int) -> ScoreMLP:
                         parametrization=spec.parametrization)
 
 
-def _cache_key(points: torch.Tensor, spec: NetSpec, config: TrainConfig, seed: int) -> str:
-    blob = json.dumps({"spec": asdict(spec), "config": asdict(config), "seed": seed,
-                       "shape": list(points.shape)}, sort_keys=True).encode()
-    h = hashlib.sha256(blob)
-    h.update(points.detach().cpu().double().numpy().tobytes())
-    return h.hexdigest()[:20]
-
-
 def train_score_net(
     points: torch.Tensor, spec: NetSpec, config: TrainConfig, device: str = "auto",
     cache: Path | None = CACHE_DIR, progress: bool = False, init: nn.Module | None = None,
@@ -131,15 +121,10 @@ def train_score_net(
     init: start from this model instead of a fresh one (fine-tuning a pruned network);
     cache: folder of training checkpoints (None: no caching).
     """
-    net = build_net(points.shape[1], spec, config.seed) if init is None else init
-    checkpoint = None
-    if cache is not None:
-        key = _cache_key(points, spec, config, config.seed)
-        if init is not None:  # a fine-tuning run is tied to its starting weights too
-            state = torch.cat([p.detach().cpu().double().flatten() for p in init.parameters()])
-            key = hashlib.sha256(key.encode() + state.numpy().tobytes()).hexdigest()[:20]
-        checkpoint = Path(cache) / f"{key}.pt"
-    model, ema, _ = train(net.float(), points.float(), config, checkpoint, device, progress)
+    net = (build_net(points.shape[1], spec, config.seed) if init is None else init).float()
+    data = points.float()
+    checkpoint = None if cache is None else checkpoint_path(cache, net, data, config)
+    model, ema, _ = train(net, data, config, checkpoint, device, progress)
     return (ema if ema is not None else model).eval()
 
 

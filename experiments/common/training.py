@@ -11,24 +11,44 @@ The loop is resumable: a checkpoint (model, EMA, optimizer and the random genera
 state) is written atomically every ``checkpoint_every`` steps and at the end, and a run
 started with an existing checkpoint of the same config continues where it stopped, with
 the same numbers as an uninterrupted run (CPU).
+
+Distributed data parallel: started under ``torchrun --nproc_per_node=N`` (NCCL on GPU,
+gloo on CPU; ``setup_distributed`` joins the process group), every rank draws the same
+global batch from the shared generator and trains on its 1/N slice; DDP averages the
+gradients, so the run equals one process on the same global batch (up to the order of
+floating-point sums) and the ranks hold identical weights. Only rank 0 writes checkpoints.
+On CUDA the forward pass runs under bf16 autocast.
 """
 
 from __future__ import annotations
 
 import copy
+import hashlib
 import io
+import json
 import math
+import os
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import torch
+import torch.distributed as dist
 from torch import nn
+from torch.nn.parallel import DistributedDataParallel
 from tqdm import tqdm
 
 from experiments.common.runs import atomic_write_bytes, resolve_device
 from theory.process import BetaTimeSampler, alpha, sigma
 
-__all__ = ["TrainConfig", "learning_rate", "sample_times", "dsm_loss", "train"]
+__all__ = [
+    "TrainConfig",
+    "learning_rate",
+    "sample_times",
+    "dsm_loss",
+    "setup_distributed",
+    "checkpoint_path",
+    "train",
+]
 
 TIME_SAMPLING = ("uniform", "log_uniform", "beta")
 LR_SCHEDULES = ("constant", "cosine")
@@ -105,24 +125,64 @@ def dsm_loss(
     return residual.square().flatten(1).sum(1).mean()
 
 
+def checkpoint_path(folder: Path, model: nn.Module, data: torch.Tensor,
+                    config: TrainConfig) -> Path:
+    """folder/<key>.pt with key a hash of everything that fixes a training run: the config,
+    the model's architecture and starting weights, and the data. Runs that would give the
+    same numbers share a checkpoint (a finished one is reused, an interrupted one resumed)."""
+    h = hashlib.sha256(json.dumps(asdict(config), sort_keys=True).encode())
+    h.update(repr(model).encode())
+    for tensor in (*model.state_dict().values(), data):
+        h.update(str(tuple(tensor.shape)).encode())
+        h.update(tensor.detach().cpu().double().contiguous().numpy().tobytes())
+    return Path(folder) / f"{h.hexdigest()[:24]}.pt"
+
+
+def setup_distributed() -> tuple[int, int, torch.device | None]:
+    """Join the process group when started by torchrun (WORLD_SIZE > 1): NCCL on GPU, gloo
+    on CPU. Returns (rank, world size, this rank's device or None when not distributed)."""
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    if world <= 1:
+        return 0, 1, None
+    cuda = torch.cuda.is_available()
+    if not dist.is_initialized():
+        dist.init_process_group("nccl" if cuda else "gloo")
+    local = int(os.environ.get("LOCAL_RANK", "0"))
+    if cuda:
+        torch.cuda.set_device(local)
+    return dist.get_rank(), dist.get_world_size(), torch.device(f"cuda:{local}" if cuda else "cpu")
+
+
+def _world() -> tuple[int, int]:
+    """(rank, world size) of the current process group, (0, 1) without one."""
+    if dist.is_available() and dist.is_initialized():
+        return dist.get_rank(), dist.get_world_size()
+    return 0, 1
+
+
 def train(
     model: nn.Module,
     data: torch.Tensor,
     config: TrainConfig,
     checkpoint: Path | None = None,
-    device: str = "auto",
+    device: str | torch.device = "auto",
     progress: bool = True,
     stop_after: int | None = None,
 ) -> tuple[nn.Module, nn.Module | None, list[float]]:
     """Train ``model`` on ``data`` (N, ...) by DSM; return (model, EMA model or None, losses).
 
-    checkpoint: a file to resume from and write to (atomically). stop_after: end after that
-    many total steps as if interrupted (for tests and time-sliced runs); the checkpoint is
-    written first. Batches, times and noise come from one generator seeded by config.seed.
+    checkpoint: a file to resume from and write to (atomically; rank 0 writes). stop_after:
+    end after that many total steps as if interrupted (for tests and time-sliced runs); the
+    checkpoint is written first. Batches, times and noise come from one generator seeded
+    by config.seed. In a process group (see ``setup_distributed``) each rank trains on its
+    slice of the global batch of config.batch examples, which the world size must divide.
     """
     if data.ndim < 2 or data.shape[0] < 1 or not torch.isfinite(data).all():
         raise ValueError(f"data must be a finite tensor of shape (N, ...), got {tuple(data.shape)}")
-    dev = resolve_device(device)
+    rank, world = _world()
+    if config.batch % world:
+        raise ValueError(f"batch={config.batch} must be divisible by the world size {world}")
+    dev = resolve_device(device) if isinstance(device, str) else device
     model, data = model.to(dev), data.to(dev)
     ema = copy.deepcopy(model).requires_grad_(False) if config.ema is not None else None
     opt = torch.optim.AdamW(model.parameters(), lr=config.lr, weight_decay=config.weight_decay)
@@ -138,8 +198,13 @@ def train(
             generator.set_state(state["generator"])
             step, losses = state["step"], state["losses"]
 
+    # DDP broadcasts rank 0's weights at construction; resumed ranks agree anyway.
+    net = DistributedDataParallel(model) if world > 1 else model
+    lo, hi = rank * config.batch // world, (rank + 1) * config.batch // world
+    autocast = torch.autocast(dev.type, dtype=torch.bfloat16, enabled=dev.type == "cuda")
+
     def save() -> None:
-        if checkpoint is None:
+        if checkpoint is None or rank != 0:
             return
         buf = io.BytesIO()
         torch.save({"config": asdict(config), "model": model.state_dict(),
@@ -148,12 +213,14 @@ def train(
         atomic_write_bytes(Path(checkpoint), buf.getvalue())
 
     end = config.steps if stop_after is None else min(config.steps, stop_after)
-    bar = tqdm(total=config.steps, initial=step, desc="DSM training", disable=not progress)
+    bar = tqdm(total=config.steps, initial=step, desc="DSM training",
+               disable=not progress or rank != 0)
     while step < end:
         idx = torch.randint(data.shape[0], (config.batch,), generator=generator)
         t = sample_times(config, config.batch, generator).to(dev, data.dtype)
         eps = torch.randn((config.batch, *data.shape[1:]), generator=generator, dtype=data.dtype)
-        loss = dsm_loss(model, data[idx.to(dev)], t, eps.to(dev))
+        with autocast:  # every rank draws the global batch and trains on its slice
+            loss = dsm_loss(net, data[idx[lo:hi].to(dev)], t[lo:hi], eps[lo:hi].to(dev))
         opt.zero_grad(set_to_none=True)
         loss.backward()
         for group in opt.param_groups:  # a function of the step: nothing extra to checkpoint
@@ -166,6 +233,10 @@ def train(
                 for pe, p in zip(ema.parameters(), model.parameters(), strict=True):
                     pe.lerp_(p, 1 - config.ema)
         step += 1
+        if world > 1:  # log the global batch's loss, the same number on every rank
+            loss = loss.detach().clone()
+            dist.all_reduce(loss)
+            loss /= world
         losses.append(float(loss.detach()))
         if step % config.checkpoint_every == 0:
             save()

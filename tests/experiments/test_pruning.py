@@ -162,3 +162,78 @@ def test_pruned_model_fine_tunes_with_the_shared_loop():
     assert small.num_params < net.num_params
     _, _, losses = train(small, x0, TrainConfig(steps=20, batch=32, seed=0), progress=False)
     assert len(losses) == 20 and all(math.isfinite(v) for v in losses)
+
+
+# -- DiT heads and MLP channels ------------------------------------------------------------------
+
+
+def random_dit(seed: int, heads: int = 4, depth: int = 2):
+    """A tiny ScoreDiT (8x8, 1 channel) with random weights everywhere (float64): at
+    adaLN-Zero initialization every block is the identity and nothing could be compared."""
+    from experiments.common.dit import DiT, ScoreDiT
+
+    torch.manual_seed(seed)
+    dit = DiT(input_size=8, patch_size=2, in_channels=1, hidden_size=32, depth=depth,
+              num_heads=heads, mlp_ratio=2.0, num_classes=0, learn_sigma=False)
+    with torch.no_grad():
+        for p in dit.parameters():
+            p.normal_(0, 0.3)
+    return ScoreDiT(dit, "eps").double()
+
+
+def images(n: int, seed: int = 0) -> torch.Tensor:
+    return torch.randn(n, 1, 8, 8, dtype=torch.float64,
+                       generator=torch.Generator().manual_seed(seed))
+
+
+@pytest.mark.parametrize("kind", ["heads", "channels"])
+@settings(max_examples=8, deadline=None)
+@given(seed=st.integers(0, 1000), data=st.data())
+def test_dit_masked_equals_pruned(kind, seed, data):
+    model = random_dit(seed)
+    groups = pr.AttentionHeads(model) if kind == "heads" else pr.MlpChannels(model)
+    keep = {name: torch.tensor(data.draw(st.lists(st.booleans(), min_size=s, max_size=s)))
+            for name, s in groups.sizes().items()}
+    x, t = images(3, seed), torch.tensor([1e-3, 0.1, 2.0], dtype=torch.float64)
+    with groups.masked(pr.masks_from_keep(keep, x)):
+        masked = model(x, t)
+    small = pr.prune(groups, keep)
+    assert torch.allclose(small(x, t), masked, rtol=1e-5, atol=1e-8)
+    assert sum(p.numel() for p in small.parameters()) <= sum(p.numel() for p in model.parameters())
+    assert torch.equal(model(x, t), model(x, t))  # the original is untouched, hooks are gone
+    assert all(getattr(m, groups.mask_attr) is None for m in groups.layers.values())
+
+
+def test_dit_all_heads_of_a_layer_removed_and_silent_head_scores_zero():
+    # Policy: a DiT layer may lose all its heads (min_keep = 0); the block's attention
+    # branch then outputs only its projection bias, as when all its heads are masked.
+    model = random_dit(5)
+    groups = pr.AttentionHeads(model)
+    assert groups.min_keep == 0
+    first = next(iter(groups.layers.values()))
+    with torch.no_grad():  # head 1 of the first layer reaches nothing: zero output projection
+        first.proj.weight[:, first.head_dim : 2 * first.head_dim].zero_()
+    scores = pr.mask_gradients(groups, images(16), batches=2, batch_size=8)
+    names = list(groups.layers)
+    assert scores[names[0]][1] == 0 and (scores[names[0]][[0, 2, 3]] > 0).all()
+    keep = {names[0]: torch.zeros(4, dtype=torch.bool), names[1]: torch.ones(4, dtype=torch.bool)}
+    small = pr.prune(groups, keep)
+    x, t = images(2, 1), torch.tensor([0.01, 1.0], dtype=torch.float64)
+    with groups.masked(pr.masks_from_keep(keep, x)):
+        assert torch.allclose(small(x, t), model(x, t), rtol=1e-5, atol=1e-8)
+    assert pr.AttentionHeads(small).sizes() == {names[0]: 0, names[1]: 4}
+    # selection at the paper's eta = 20% over 8 heads removes floor(1.6) = 1: the silent one
+    drop = pr.select(pr.normalize_per_layer(scores), 0.2, groups.min_keep)
+    assert (~drop[names[0]]).nonzero().flatten().tolist() == [1] and drop[names[1]].all()
+
+
+def test_dit_pruned_model_fine_tunes():
+    model = random_dit(2).float()
+    groups = pr.AttentionHeads(model)
+    x0 = images(16).float()
+    keep = pr.select(pr.importance(groups, "magnitude"), 0.5, groups.min_keep)
+    small = pr.prune(groups, keep)
+    _, _, losses = train(small, x0, TrainConfig(steps=3, batch=8, seed=0), progress=False)
+    assert all(math.isfinite(v) for v in losses)
+    with pytest.raises(ValueError, match="Attention"):
+        pr.AttentionHeads(ScoreMLP(2, 4))

@@ -91,3 +91,36 @@ def test_cosine_learning_rate_decays_from_lr_to_zero():
     assert training.learning_rate(TrainConfig(lr=3e-3), 50) == 3e-3
     with pytest.raises(ValueError, match="lr_schedule"):
         TrainConfig(lr_schedule="linear")
+
+
+def test_ddp_two_gloo_processes_match_one_process(tmp_path):
+    # Two CPU ranks (gloo) on slices of the same global batch: identical weights on both
+    # ranks, equal to one process training on the whole batch (up to summation order).
+    import os
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    worker = Path(__file__).with_name("ddp_worker.py")
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
+           str(worker), str(tmp_path)]
+    done = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr[-3000:]
+    r0, r1 = (torch.load(tmp_path / f"rank{r}.pt") for r in (0, 1))
+    assert r0["world"] == r1["world"] == 2
+    for key in ("model", "ema"):
+        for name, value in r0[key].items():
+            assert torch.equal(value, r1[key][name]), name
+    assert r0["losses"] == r1["losses"]
+
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("ddp_worker", worker)
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    model, data = mod.problem()
+    single, ema, losses = train(model, data, mod.CONFIG, device="cpu", progress=False)
+    for name, value in single.state_dict().items():
+        assert torch.allclose(value, r0["model"][name], rtol=1e-10, atol=1e-12), name
+    assert losses == pytest.approx(r0["losses"], rel=1e-10)

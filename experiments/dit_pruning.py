@@ -1,0 +1,347 @@
+"""Table 1, Fig. 4 and the pruning-ratio sweep: does head pruning make a memorizing DiT
+memorize less? (§6.2, App. D.1)
+
+The paper trains a DiT on a small image set until it memorizes, removes eta = 20% of its
+attention heads by importance (Alg. 2: |dL/d xi_h| of the DSM loss at t ~ Beta(0.8, 2),
+normalized per layer, ranked globally) or at random, fine-tunes, and compares
+memorization ratio (pixel space, the 1/9 rule), FID and precision/recall (Table 1). Here,
+per seed (a training subset and an initialization):
+
+  1. train the original DiT on n images (eps-free x_0-prediction, read as a score);
+  2. fine-tune it unpruned for the same number of steps as the pruned ones (the control:
+     fine-tuning alone changes memorization, see paper_notes/pruning_bridge.md);
+  3. prune eta of all heads by importance and at random, physically, and fine-tune each;
+  4. sample each model (reverse SDE) and measure memorization against the n training
+     images and FD, KID, precision and recall against the whole dataset, in a named
+     feature space ("FD-SmallCNN-digits": no Inception weights on this machine).
+
+On the first seed the same is done for a range of eta (the sweep). Outputs: Table 1 as
+markdown + JSON (mean +- std over seeds, beside the paper's numbers), Fig. 4 (samples of
+the original and pruned models, each over its nearest training image) and the sweep.
+
+Run: python -m experiments.dit_pruning [--profile smoke|quick|gpu|paper] [--set key=value]
+Under torchrun the training steps run data-parallel (experiments/common/training.py).
+"""
+
+from __future__ import annotations
+
+import copy
+import math
+import sys
+from pathlib import Path
+
+import numpy as np
+import torch
+from tqdm import tqdm
+
+from experiments.common.data import load_dataset, random_subset
+from experiments.common.dit import DiT, ScoreDiT
+from experiments.common.features import (
+    extract_features,
+    feature_extractor,
+    quality_report_from_features,
+)
+from experiments.common.metrics import MEMORIZATION_THRESHOLD, nearest_ratio, two_nearest
+from experiments.common.plotting import COLORS, caption, new_figure, save_figure
+from experiments.common.pruning import AttentionHeads, importance, prune, select
+from experiments.common.runs import REPO_ROOT, Units, atomic_write_bytes, main, resolve_device
+from experiments.common.sampling import sample
+from experiments.common.score_nets import wilson_interval
+from experiments.common.training import TrainConfig, checkpoint_path, train
+from theory.process import generator
+
+NAME = "dit_pruning"
+CACHE = REPO_ROOT / "runs" / "checkpoints"
+
+# -- configuration ----------------------------------------------------------------------------
+# Unpublished in the paper, so ours (paper_notes/dit_pruning.md): the DiT size, steps,
+# fine-tuning steps, sampler and sample counts. quick: 16 digits and a 2-block DiT with 8
+# heads of width 8 memorize about 2/3 of their samples after 2,500 steps (pilot: 0.66,
+# 68 s on 2 cores); x_0-prediction memorizes far more readily than eps-prediction here.
+PROFILES = {
+    "smoke": {
+        "seed": 0, "seeds": 1, "device": "cpu", "cache": False, "dataset": "digits",
+        "data_root": None, "n": 8, "patch_size": 2, "depth": 1, "hidden_size": 32,
+        "num_heads": 4, "mlp_ratio": 2.0, "parametrization": "denoiser",
+        "steps": 20, "batch": 16, "lr": 2e-3, "t0": 1e-3, "T": 8.0,
+        "eta": 0.25, "etas": [0.0, 0.25, 0.5], "importance_batches": 2,
+        "finetune_steps": 10, "finetune_lr": 1e-3,
+        "samples": 32, "sampler_steps": 10, "features": "classifier", "real_images": 256,
+        "grid": 4,
+    },
+    "quick": {
+        "seed": 0, "seeds": 3, "device": "cpu", "cache": True, "dataset": "digits",
+        "data_root": None, "n": 16, "patch_size": 2, "depth": 2, "hidden_size": 64,
+        "num_heads": 8, "mlp_ratio": 4.0, "parametrization": "denoiser",
+        "steps": 2500, "batch": 128, "lr": 2e-3, "t0": 1e-3, "T": 8.0,
+        "eta": 0.2, "etas": [0.0, 0.2, 0.4, 0.6], "importance_batches": 16,
+        "finetune_steps": 400, "finetune_lr": 1e-3,
+        "samples": 256, "sampler_steps": 200, "features": "classifier", "real_images": 1797,
+        "grid": 8,
+    },
+    # One H200, <= 8 minutes: a CIFAR-10 subset small enough to memorize, DiT-S/4 in bf16.
+    "gpu": {
+        "seed": 0, "seeds": 3, "device": "auto", "cache": True, "dataset": "cifar10",
+        "data_root": None, "n": 500, "patch_size": 4, "depth": 12, "hidden_size": 384,
+        "num_heads": 6, "mlp_ratio": 4.0, "parametrization": "denoiser",
+        "steps": 12000, "batch": 256, "lr": 3e-4, "t0": 1e-3, "T": 8.0,
+        "eta": 0.2, "etas": [0.0, 0.2, 0.4, 0.6], "importance_batches": 32,
+        "finetune_steps": 2000, "finetune_lr": 1e-4,
+        "samples": 1000, "sampler_steps": 200, "features": "classifier", "real_images": 10000,
+        "grid": 8,
+    },
+    # The paper's scale: 5,000 CIFAR-10 images, 5 seeds, DiT-S/2.
+    "paper": {
+        "seed": 0, "seeds": 5, "device": "auto", "cache": True, "dataset": "cifar10",
+        "data_root": None, "n": 5000, "patch_size": 2, "depth": 12, "hidden_size": 384,
+        "num_heads": 6, "mlp_ratio": 4.0, "parametrization": "denoiser",
+        "steps": 200000, "batch": 256, "lr": 1e-4, "t0": 1e-3, "T": 8.0,
+        "eta": 0.2, "etas": [0.0, 0.1, 0.2, 0.3, 0.4, 0.5, 0.6], "importance_batches": 100,
+        "finetune_steps": 20000, "finetune_lr": 5e-5,
+        "samples": 10000, "sampler_steps": 400, "features": "inception",
+        "real_images": 50000, "grid": 8,
+    },
+}
+
+# Table 1 of the paper (CIFAR-10, DiT, eta = 20%, 5 runs): mean, std.
+PAPER_TABLE1 = {
+    "original": {"precision": (0.39, 0.01), "recall": (0.08, 0.01),
+                 "memorization": (73.82, 1.12), "FID": (15.47, 0.28)},
+    "importance": {"precision": (0.33, 0.02), "recall": (0.12, 0.01),
+                   "memorization": (68.58, 0.77), "FID": (15.07, 0.33)},
+    "random": {"precision": (0.30, 0.02), "recall": (0.09, 0.01),
+               "memorization": (66.87, 0.94), "FID": (17.14, 0.25)},
+}
+VARIANTS = ("original", "finetuned", "importance", "random")
+METHOD = {"importance": "mask_gradient", "random": "random"}
+
+
+# -- the pieces --------------------------------------------------------------------------------
+
+
+def build(config: dict, channels: int, size: int, seed: int) -> ScoreDiT:
+    """The original DiT (unconditional, no learned sigma) read as a score; init from seed."""
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        dit = DiT(input_size=size, patch_size=config["patch_size"], in_channels=channels,
+                  hidden_size=config["hidden_size"], depth=config["depth"],
+                  num_heads=config["num_heads"], mlp_ratio=config["mlp_ratio"],
+                  class_dropout_prob=0.0, num_classes=0, learn_sigma=False)
+    return ScoreDiT(dit, config["parametrization"])
+
+
+def fit(config: dict, model: ScoreDiT, images: torch.Tensor, steps: int, lr: float,
+        seed: int) -> ScoreDiT:
+    """DSM training (or fine-tuning) with the shared loop, cached by content."""
+    tc = TrainConfig(steps=steps, batch=config["batch"], lr=lr, t0=config["t0"], T=config["T"],
+                     time_sampling="log_uniform", grad_clip=1.0, seed=seed,
+                     checkpoint_every=max(1, steps // 4))
+    ckpt = checkpoint_path(CACHE, model, images, tc) if config["cache"] else None
+    model, _, _ = train(model, images, tc, ckpt, config["device"], progress=False)
+    return model.eval()
+
+
+def generate(config: dict, model: ScoreDiT, shape: tuple[int, ...], seed: int) -> torch.Tensor:
+    """config["samples"] images (M, C, H, W) by the reverse SDE from T to t0 (§3)."""
+    dev = resolve_device(config["device"])
+    d = math.prod(shape)
+
+    def score(z: torch.Tensor, t: torch.Tensor) -> torch.Tensor:  # flat (B, d) <-> images
+        return model(z.view(-1, *shape), t).reshape(z.shape[0], d)
+
+    x = sample(score, config["samples"], d, config["T"], config["t0"], config["sampler_steps"],
+               generator=generator(seed, 2), device=dev)
+    return x.view(-1, *shape).float().cpu()
+
+
+def evaluate(config: dict, fake: torch.Tensor, train_images: torch.Tensor,
+             real_features: torch.Tensor, extractor) -> dict:
+    """Memorization (pixel space, the 1/9 rule, against the n training images) and the
+    feature-space metrics against the real images; a few samples for Fig. 4."""
+    flat, ref = fake.flatten(1).double(), train_images.flatten(1).double()
+    ratio = nearest_ratio(flat, ref)
+    hits = int((ratio <= MEMORIZATION_THRESHOLD).sum())
+    fake_features = extract_features(fake, extractor)
+    quality = quality_report_from_features(real_features, fake_features, extractor.name,
+                                           seed=0)
+    g = config["grid"]
+    _, _, nearest = two_nearest(flat[:g], ref)
+    return {"memorization_ratio": hits / len(ratio), "ci": wilson_interval(hits, len(ratio)),
+            **quality, "grid": fake[:g].tolist(), "grid_nearest": nearest.tolist()}
+
+
+def run_seed(config: dict, seed: int, etas: list[float]) -> dict:
+    """Original, fine-tuned control, pruned by importance and at random (each eta), one seed."""
+    images, labels = load_dataset(config["dataset"], "train", config["data_root"])
+    train_images, _, idx = random_subset(images, labels, config["n"], seed)
+    dev = resolve_device(config["device"])
+    extractor = feature_extractor(config["features"], config["dataset"], device=str(dev))
+    real, _, _ = random_subset(images, labels, min(config["real_images"], len(images)), 0)
+    real_features = extract_features(real, extractor)
+    shape = tuple(train_images.shape[1:])
+    base = fit(config, build(config, shape[0], shape[1], seed), train_images, config["steps"],
+               config["lr"], seed)
+    out = {"train_indices": idx.tolist(),
+           "original": evaluate(config, generate(config, base, shape, seed), train_images,
+                                real_features, extractor)}
+    tuned = fit(config, copy.deepcopy(base), train_images, config["finetune_steps"],
+                config["finetune_lr"], seed)
+    out["finetuned"] = evaluate(config, generate(config, tuned, shape, seed), train_images,
+                                real_features, extractor)
+    heads = AttentionHeads(base)
+    total = sum(heads.sizes().values())
+    for eta in [e for e in etas if e > 0]:
+        for variant, method in METHOD.items():
+            scores = importance(heads, method, train_images.to(dev),
+                                config["importance_batches"], config["batch"], config["t0"],
+                                config["T"], seed=seed)
+            keep = select(scores, eta, heads.min_keep)
+            small = fit(config, prune(heads, keep), train_images, config["finetune_steps"],
+                        config["finetune_lr"], seed)
+            rep = evaluate(config, generate(config, small, shape, seed), train_images,
+                           real_features, extractor)
+            rep["heads_left"] = {k: int(v.sum()) for k, v in keep.items()}
+            rep["heads_removed"] = total - sum(rep["heads_left"].values())
+            out[f"{variant}/eta={eta}"] = rep
+    return out
+
+
+def compute(config: dict, units: Units) -> dict:
+    """Every seed at the table's eta; the first seed also at every eta of the sweep."""
+    runs = []
+    for s in tqdm(range(config["seeds"]), desc="seeds"):
+        etas = sorted({config["eta"], *config["etas"]}) if s == 0 else [config["eta"]]
+        runs.append(units.get(f"seed={s}", lambda s=s, e=etas: run_seed(config, s, e)))
+    return {"runs": runs, "table1": table1(config, runs)}
+
+
+def table1(config: dict, runs: list[dict]) -> dict:
+    """Mean and std over seeds of every Table 1 column, per model."""
+    rows = {"original": "original", "finetuned": "finetuned",
+            "importance": f"importance/eta={config['eta']}",
+            "random": f"random/eta={config['eta']}"}
+    out = {}
+    for row, key in rows.items():
+        reps = [r[key] for r in runs]
+        cols = {"precision": [x["precision"] for x in reps], "recall": [x["recall"] for x in reps],
+                "memorization": [100 * x["memorization_ratio"] for x in reps],
+                "FD": [x["fd"] for x in reps], "KID": [x["kid_mean"] for x in reps]}
+        out[row] = {c: (float(np.mean(v)), float(np.std(v, ddof=1)) if len(v) > 1 else None)
+                    for c, v in cols.items()}
+        out[row]["feature_space"] = reps[0]["feature_space"]
+    return out
+
+
+# -- drawing from the JSON ------------------------------------------------------------------------
+
+
+def _pm(v: tuple) -> str:
+    mean, std = v
+    return f"{mean:.2f}" if std is None else f"{mean:.2f} ± {std:.2f}"
+
+
+def table_markdown(result: dict) -> str:
+    """Table 1 as markdown, ours beside the paper's."""
+    r, cfg = result["results"], result["config"]
+    t = r["table1"]
+    space = t["original"]["feature_space"]
+    lines = [f"Ours ({result['profile']} profile: {cfg['dataset']}, n = {cfg['n']}, "
+             f"eta = {cfg['eta']:.0%}, {cfg['seeds']} seeds, mean ± std; FD and KID in the "
+             f"{space} feature space, not Inception):", "",
+             f"| model | precision | recall | memorization ratio (%) | FD-{space} | KID-{space} |",
+             "| --- | --- | --- | --- | --- | --- |"]
+    names = {"original": "original", "finetuned": "original + same fine-tuning (control)",
+             "importance": "pruned (importance)", "random": "pruned (random)"}
+    for row, label in names.items():
+        x = t[row]
+        lines.append(f"| {label} | {_pm(x['precision'])} | {_pm(x['recall'])} | "
+                     f"{_pm(x['memorization'])} | {_pm(x['FD'])} | {_pm(x['KID'])} |")
+    lines += ["", "Paper (CIFAR-10, 5,000 images, eta = 20%, 5 runs):", "",
+              "| model | precision | recall | memorization ratio (%) | FID |",
+              "| --- | --- | --- | --- | --- |"]
+    for row, label in (("original", "original"), ("importance", "pruned (importance)"),
+                       ("random", "pruned (random)")):
+        x = PAPER_TABLE1[row]
+        lines.append(f"| {label} | {_pm(x['precision'])} | {_pm(x['recall'])} | "
+                     f"{_pm(x['memorization'])} | {_pm(x['FID'])} |")
+    return "\n".join(lines) + "\n"
+
+
+def _to_image(x: np.ndarray) -> np.ndarray:
+    """(C, H, W) in [-1, 1] -> (H, W) or (H, W, 3) in [0, 1] for imshow."""
+    img = np.clip((x + 1) / 2, 0, 1)
+    return img[0] if img.shape[0] == 1 else img.transpose(1, 2, 0)
+
+
+def plot(result: dict, stem) -> list:
+    """Table 1 (markdown), Fig. 4 (sample grids) and the pruning-ratio sweep."""
+    r, cfg = result["results"], result["config"]
+    paths = []
+    table = Path(f"{stem}_table1.md")
+    atomic_write_bytes(table, table_markdown(result).encode())
+    paths.append(table)
+
+    # Fig. 4: first seed; per model a row of samples and below it their nearest training image
+    first = r["runs"][0]
+    train_all, _ = load_dataset(cfg["dataset"], "train", cfg["data_root"])
+    train_imgs = train_all[first["train_indices"]].numpy()
+    rows = [("original", "original"), (f"importance/eta={cfg['eta']}", "pruned (importance)"),
+            (f"random/eta={cfg['eta']}", "pruned (random)")]
+    g = cfg["grid"]
+    fig, axes = new_figure(2 * len(rows), g, width=1.0 * g, height=1.05)
+    for i, (key, label) in enumerate(rows):
+        rep = first[key]
+        for j in range(g):
+            top, bottom = axes[2 * i, j], axes[2 * i + 1, j]
+            top.imshow(_to_image(np.array(rep["grid"][j])), cmap="gray", vmin=0, vmax=1)
+            bottom.imshow(_to_image(train_imgs[rep["grid_nearest"][j]]), cmap="gray",
+                          vmin=0, vmax=1)
+            for ax in (top, bottom):
+                ax.set_xticks([])
+                ax.set_yticks([])
+                ax.grid(False)
+        axes[2 * i, 0].set_ylabel(f"{label}\nsample", fontsize=7)
+        axes[2 * i + 1, 0].set_ylabel("nearest\ntraining", fontsize=7)
+        axes[2 * i, g // 2].set_title(
+            f"{label}: memorization {rep['memorization_ratio']:.2f} "
+            f"(seed 0, {cfg['samples']} samples)", fontsize=8)
+    fig.tight_layout(h_pad=0.2, w_pad=0.1)
+    paths += save_figure(fig, f"{stem}_fig4")
+
+    # Sweep (first seed)
+    fig, axes = new_figure(1, 2, width=8.0, height=3.0)
+    etas = sorted({cfg["eta"], *cfg["etas"]})
+    for c, variant in enumerate(METHOD):
+        xs, mem, lo, hi, fd = [], [], [], [], []
+        for eta in etas:
+            rep = first["finetuned"] if eta == 0 else first[f"{variant}/eta={eta}"]
+            xs.append(eta)
+            mem.append(rep["memorization_ratio"])
+            lo.append(rep["ci"][0])
+            hi.append(rep["ci"][1])
+            fd.append(rep["fd"])
+        mem = np.array(mem)
+        axes[0, 0].errorbar(xs, mem, yerr=[mem - lo, np.array(hi) - mem], marker="o", ms=3,
+                            capsize=2, color=COLORS[c], label=f"pruned ({variant})")
+        axes[0, 1].plot(xs, fd, marker="o", ms=3, color=COLORS[c], label=f"pruned ({variant})")
+    orig = first["original"]
+    axes[0, 0].axhline(orig["memorization_ratio"], color="k", ls="--", lw=1,
+                       label="original (no fine-tuning)")
+    axes[0, 1].axhline(orig["fd"], color="k", ls="--", lw=1, label="original (no fine-tuning)")
+    space = orig["feature_space"]
+    axes[0, 0].set(xlabel="fraction of heads removed (eta)", ylabel="memorization ratio",
+                   ylim=(-0.03, 1.03), title="(a) memorization after fine-tuning")
+    axes[0, 1].set(xlabel="fraction of heads removed (eta)", ylabel=f"FD-{space}",
+                   title="(b) Frechet distance to the data")
+    for ax in axes[0]:
+        ax.legend(fontsize=6.5)
+    fig.tight_layout()
+    caption(fig, f"{result['profile']} profile, seed 0: {cfg['dataset']}, n = {cfg['n']}; "
+                 f"eta = 0 is the unpruned model with the same {cfg['finetune_steps']} "
+                 f"fine-tuning steps; bars: 95% Wilson intervals over {cfg['samples']} samples.")
+    paths += save_figure(fig, f"{stem}_sweep")
+    return paths
+
+
+if __name__ == "__main__":
+    main(sys.modules[__name__])

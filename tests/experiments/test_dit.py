@@ -1,0 +1,409 @@
+"""The DiT of the pruning study (§6.2): shapes, adaLN-Zero, prunable heads and channels,
+official parameter counts, and the score parametrizations of ScoreDiT."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from experiments.common import dit as D
+
+SMALL = settings(max_examples=8, deadline=None)
+
+
+def tiny_dit(**kwargs) -> D.DiT:
+    """A one-block DiT of width 16 on 4x4 images (kwargs override)."""
+    cfg = dict(input_size=4, patch_size=2, in_channels=2, hidden_size=16, depth=1,
+               num_heads=2, num_classes=0, learn_sigma=False)
+    cfg.update(kwargs)
+    return D.DiT(**cfg)
+
+
+def randomize(model: torch.nn.Module, seed: int, std: float = 0.3) -> torch.nn.Module:
+    """Overwrite every trainable parameter with N(0, std^2) draws (the adaLN-Zero init
+    makes most outputs zero, which would make the identities below trivial)."""
+    g = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for p in model.parameters():
+            if p.requires_grad:
+                p.copy_(std * torch.randn(p.shape, generator=g, dtype=torch.float64))
+    return model
+
+
+def randn(shape, seed: int) -> torch.Tensor:
+    return torch.randn(shape, generator=torch.Generator().manual_seed(seed), dtype=torch.float64)
+
+
+# --------------------------------------------------------------------------------------
+# Shapes and the adaLN-Zero initialization
+# --------------------------------------------------------------------------------------
+
+
+@SMALL
+@given(patch=st.sampled_from([1, 2, 4]), grid=st.integers(1, 3), channels=st.integers(1, 3),
+       learn_sigma=st.booleans(), num_classes=st.sampled_from([0, 3]), batch=st.integers(1, 3))
+def test_output_shape(patch, grid, channels, learn_sigma, num_classes, batch):
+    size = patch * grid
+    model = tiny_dit(input_size=size, patch_size=patch, in_channels=channels,
+                     learn_sigma=learn_sigma, num_classes=num_classes)
+    randomize(model, seed=grid)
+    x = torch.randn(batch, channels, size, size)
+    y = torch.randint(num_classes, (batch,)) if num_classes else None
+    out = model(x, torch.rand(batch) * 1000, y)
+    assert out.shape == (batch, (2 if learn_sigma else 1) * channels, size, size)
+    assert out.dtype == x.dtype and torch.isfinite(out).all()
+    assert model.x_embedder.num_patches == grid**2
+
+
+def test_unpatchify_inverts_patch_order():
+    # A token's p*p*C values land in its own patch: unpatchify(patchify(x)) == x.
+    model = tiny_dit(input_size=6, patch_size=3, in_channels=2, learn_sigma=False)
+    x = randn((2, 2, 6, 6), 0)
+    tokens = x.reshape(2, 2, 2, 3, 2, 3).permute(0, 2, 4, 3, 5, 1).reshape(2, 4, 18)
+    assert torch.equal(model.unpatchify(tokens), x)
+
+
+@SMALL
+@given(seed=st.integers(0, 2**16), num_classes=st.sampled_from([0, 5]), depth=st.integers(1, 3))
+def test_blocks_are_identity_and_output_zero_at_init(seed, num_classes, depth):
+    torch.manual_seed(seed)
+    model = tiny_dit(depth=depth, num_classes=num_classes, learn_sigma=True).double()
+    x = randn((3, 16, 16), seed)
+    c = randn((3, 16), seed + 1)
+    for block in model.blocks:
+        assert torch.equal(block(x, c), x)
+    images = randn((3, 2, 4, 4), seed + 2)
+    y = torch.tensor([0, 1, 4]) if num_classes else None
+    assert torch.equal(model(images, randn((3,), seed + 3), y), torch.zeros(3, 4, 4, 4))
+    # the embedders are not zero: the identity comes from the zero gates alone
+    assert model.t_embedder.mlp[0].weight.abs().sum() > 0
+    assert model.blocks[0].attn.qkv.weight.abs().sum() > 0
+
+
+def test_position_embedding_is_fixed_and_separable():
+    model = tiny_dit(input_size=8, patch_size=2, hidden_size=16)
+    pos = model.pos_embed[0].detach().double()  # (16 tokens, 16)
+    assert not model.pos_embed.requires_grad
+    expected = torch.from_numpy(D.get_2d_sincos_pos_embed(16, 4))
+    torch.testing.assert_close(pos, expected, rtol=0, atol=1e-7)
+    grid = expected.reshape(4, 4, 16)  # (row, col, D)
+    # first half depends only on the column, second half only on the row
+    assert torch.equal(grid[:, :, :8], grid[:1, :, :8].expand(4, 4, 8))
+    assert torch.equal(grid[:, :, 8:], grid[:, :1, 8:].expand(4, 4, 8))
+    # position 0 is (sin 0, cos 0) = (0, 1) and every token is distinct
+    np.testing.assert_array_equal(expected[0].numpy(), np.repeat([0.0, 1.0, 0.0, 1.0], 4))
+    assert torch.cdist(expected, expected).add(torch.eye(16)).min() > 0.1
+
+
+def test_timestep_embedding_features():
+    t = torch.tensor([0.0, 3.0, -250.0], dtype=torch.float64)
+    emb = D.TimestepEmbedder.timestep_embedding(t, 9)
+    assert emb.shape == (3, 9) and emb.dtype == torch.float64
+    assert torch.equal(emb[0, :4], torch.ones(4, dtype=torch.float64))
+    assert torch.equal(emb[:, 8], torch.zeros(3, dtype=torch.float64))
+    torch.testing.assert_close(emb[:, :8].square().sum(1), torch.full((3,), 4.0, dtype=t.dtype))
+    assert emb[:, 0].tolist() == pytest.approx([1.0, math.cos(3.0), math.cos(-250.0)])
+
+
+def test_label_dropout_uses_the_null_class():
+    emb = D.LabelEmbedder(num_classes=3, hidden_size=8, dropout_prob=0.5)
+    labels = torch.tensor([0, 1, 2, 2])
+    dropped = emb.token_drop(labels, force_drop_ids=torch.tensor([1, 0, 1, 0]))
+    assert dropped.tolist() == [3, 1, 3, 2]
+    assert torch.equal(emb(labels, train=False), emb.embedding_table.weight[labels])
+    torch.manual_seed(0)
+    drawn = emb.token_drop(torch.zeros(4000, dtype=torch.long))
+    frac = (drawn == 3).double().mean().item()
+    assert abs(frac - 0.5) < 5 * math.sqrt(0.25 / 4000)  # 5 standard errors
+    assert D.LabelEmbedder(3, 8, 0.0).embedding_table.num_embeddings == 3
+
+
+# --------------------------------------------------------------------------------------
+# Prunable heads and channels
+# --------------------------------------------------------------------------------------
+
+
+def attention(dim: int, heads: int, seed: int, head_dim: int | None = None) -> D.Attention:
+    return randomize(D.Attention(dim, heads, head_dim=head_dim).double(), seed)
+
+
+@SMALL
+@given(seed=st.integers(0, 2**16), heads=st.integers(1, 4), hidden=st.integers(0, 9))
+def test_all_ones_masks_change_nothing(seed, heads, hidden):
+    attn = attention(12, heads, seed)
+    x = randn((2, 5, 12), seed)
+    plain = attn(x)
+    attn.head_mask = torch.ones(heads, dtype=torch.float64)
+    assert torch.equal(attn(x), plain)
+    mlp = randomize(D.Mlp(12, hidden).double(), seed)
+    plain = mlp(x)
+    mlp.channel_mask = torch.ones(hidden)
+    assert torch.equal(mlp(x), plain)
+
+
+def _keep_heads(attn: D.Attention, keep: list[int]) -> D.Attention:
+    """An Attention with only heads ``keep`` of ``attn`` (the layout the pruning uses)."""
+    H, d_h, dim = attn.num_heads, attn.head_dim, attn.dim
+    small = D.Attention(dim, len(keep), head_dim=d_h).double()
+    idx = torch.tensor(keep, dtype=torch.long)
+    with torch.no_grad():
+        small.qkv.weight.copy_(attn.qkv.weight.view(3, H, d_h, dim)[:, idx].reshape(-1, dim))
+        small.qkv.bias.copy_(attn.qkv.bias.view(3, H, d_h)[:, idx].reshape(-1))
+        small.proj.weight.copy_(attn.proj.weight.view(dim, H, d_h)[:, idx].reshape(dim, -1))
+        small.proj.bias.copy_(attn.proj.bias)
+    return small
+
+
+@SMALL
+@given(seed=st.integers(0, 2**16), mask=st.lists(st.booleans(), min_size=4, max_size=4))
+def test_masking_heads_equals_removing_them(seed, mask):
+    attn = attention(8, 4, seed, head_dim=3)  # inner width 12 != dim 8
+    keep = [h for h in range(4) if mask[h]]
+    attn.head_mask = torch.tensor(mask, dtype=torch.float64)
+    x = randn((2, 6, 8), seed)
+    small = _keep_heads(attn, keep)
+    torch.testing.assert_close(small(x), attn(x), rtol=1e-12, atol=1e-12)
+
+
+def test_zero_heads_equal_all_heads_masked_exactly():
+    attn = attention(8, 4, seed=1)
+    attn.head_mask = torch.zeros(4, dtype=torch.float64)
+    empty = D.Attention(8, 0, head_dim=2).double()
+    assert empty.qkv.weight.shape == (0, 8) and empty.proj.weight.shape == (8, 0)
+    with torch.no_grad():
+        empty.proj.bias.copy_(attn.proj.bias)
+    x = randn((3, 5, 8), 2)
+    assert torch.equal(empty(x), attn(x))
+    assert torch.equal(empty(x), attn.proj.bias.expand(3, 5, 8))
+    # the same in a whole block (adaLN gates random, so the attention branch counts)
+    block = randomize(D.DiTBlock(8, 4).double(), seed=3)
+    c = randn((3, 8), 4)
+    block.attn.head_mask = torch.zeros(4, dtype=torch.float64)
+    masked = block(x, c)
+    pruned_bias = block.attn.proj.bias.detach().clone()
+    block.attn = D.Attention(8, 0, head_dim=2).double()
+    with torch.no_grad():
+        block.attn.proj.bias.copy_(pruned_bias)
+    assert torch.equal(block(x, c), masked)
+
+
+@SMALL
+@given(seed=st.integers(0, 2**16), mask=st.lists(st.booleans(), min_size=6, max_size=6))
+def test_masking_channels_equals_removing_them(seed, mask):
+    mlp = randomize(D.Mlp(5, 6).double(), seed)
+    keep = torch.tensor([i for i in range(6) if mask[i]], dtype=torch.long)
+    small = D.Mlp(5, len(keep)).double()
+    with torch.no_grad():
+        small.fc1.weight.copy_(mlp.fc1.weight[keep])
+        small.fc1.bias.copy_(mlp.fc1.bias[keep])
+        small.fc2.weight.copy_(mlp.fc2.weight[:, keep])
+        small.fc2.bias.copy_(mlp.fc2.bias)
+    mlp.channel_mask = torch.tensor(mask, dtype=torch.float64)
+    x = randn((2, 3, 5), seed)
+    torch.testing.assert_close(small(x), mlp(x), rtol=1e-12, atol=1e-12)
+
+
+def test_head_mask_gradient_reaches_the_mask():
+    attn = attention(8, 2, seed=0)
+    attn.head_mask = torch.ones(2, dtype=torch.float64, requires_grad=True)
+    attn(randn((2, 3, 8), 1)).square().sum().backward()
+    assert attn.head_mask.grad is not None and attn.head_mask.grad.abs().min() > 0
+    assert not any(name.endswith("head_mask") for name, _ in attn.named_parameters())
+
+
+# --------------------------------------------------------------------------------------
+# Official parameter counts
+# --------------------------------------------------------------------------------------
+
+
+def official_count(depth: int, hidden: int, patch: int, input_size: int = 32,
+                   channels: int = 4, num_classes: int = 1000) -> int:
+    """Parameters of the official DiT (learn_sigma, class dropout > 0), pos_embed included."""
+    D_ = hidden
+    attn = (3 * D_ * D_ + 3 * D_) + (D_ * D_ + D_)  # qkv, proj
+    mlp = (4 * D_ * D_ + 4 * D_) + (4 * D_ * D_ + D_)  # fc1, fc2
+    block = attn + mlp + (6 * D_ * D_ + 6 * D_)  # + adaLN modulation
+    patch_embed = channels * patch * patch * D_ + D_
+    t_embed = 256 * D_ + D_ + D_ * D_ + D_
+    y_embed = (num_classes + 1) * D_
+    out = patch * patch * 2 * channels
+    final = (2 * D_ * D_ + 2 * D_) + (D_ * out + out)
+    pos = (input_size // patch) ** 2 * D_
+    return depth * block + patch_embed + t_embed + y_embed + final + pos
+
+
+def count(model: torch.nn.Module) -> int:
+    return sum(p.numel() for p in model.parameters())
+
+
+@pytest.mark.parametrize("name", ["DiT-S/2", "DiT-B/2", "DiT-XL/2", "DiT-L/4", "DiT-S/8"])
+def test_official_parameter_counts_on_meta(name):
+    size, patch = name[4:].split("/")
+    depth, hidden, _ = D.DIT_SIZES[size]
+    with torch.device("meta"):
+        model = D.DIT_MODELS[name]()
+    assert model.pos_embed.is_meta
+    assert count(model) == official_count(depth, hidden, int(patch))
+
+
+def test_pinned_counts_and_formula_on_a_real_model():
+    with torch.device("meta"):
+        assert count(D.DIT_MODELS["DiT-XL/2"]()) == 675_129_632  # the official DiT-XL/2
+        assert count(D.DIT_MODELS["DiT-B/2"]()) == 130_512_416
+        assert count(D.DIT_MODELS["DiT-S/2"]()) == 32_963_360
+    small = D.DIT_MODELS["DiT-N/2"](input_size=8)  # built for real on CPU
+    assert count(small) == official_count(2, 64, 2, input_size=8)
+
+
+# --------------------------------------------------------------------------------------
+# ScoreDiT
+# --------------------------------------------------------------------------------------
+
+
+@SMALL
+@given(seed=st.integers(0, 2**16), t=st.floats(1e-4, 10.0), conditional=st.booleans())
+def test_score_dit_parametrizations(seed, t, conditional):
+    torch.manual_seed(seed)
+    dit = tiny_dit(num_classes=3 if conditional else 0).double()
+    randomize(dit, seed).eval()
+    x = randn((3, 2, 4, 4), seed)
+    y = torch.tensor([0, 2, 1]) if conditional else None
+    times = torch.tensor([t, 2 * t, 0.5 * t], dtype=torch.float64)
+    net = {p: D.ScoreDiT(dit, p) for p in ("score", "denoiser", "eps")}
+    raw = net["eps"].raw(x, times, y)
+    torch.testing.assert_close(raw, dit(x, 100 * torch.log(times), y), rtol=0, atol=0)
+    col = times[:, None, None, None]
+    a, s2 = torch.exp(-col / 2), -torch.expm1(-col)
+    torch.testing.assert_close(net["score"](x, times, y), raw)
+    torch.testing.assert_close(net["denoiser"](x, times, y), (a * raw - x) / s2)
+    torch.testing.assert_close(net["eps"](x, times, y), -raw / s2.sqrt())
+    # a float t is every image's time
+    same = torch.full((3,), t, dtype=torch.float64)
+    torch.testing.assert_close(net["eps"](x, t, y), net["eps"](x, same, y))
+
+
+def test_score_dit_presets_and_defaults():
+    net = D.ScoreDiT.from_preset("DiT-N/2", input_size=8, in_channels=1)
+    assert net.parametrization == "eps" and not net.dit.learn_sigma
+    out = net(torch.randn(2, 1, 8, 8), torch.tensor([0.1, 1.0]))
+    assert out.shape == (2, 1, 8, 8) and torch.equal(out, torch.zeros_like(out))  # zero init
+    with pytest.raises(ValueError, match="name"):
+        D.ScoreDiT.from_preset("DiT-Q/2", input_size=8, in_channels=1)
+    with pytest.raises(ValueError, match="learn_sigma"):
+        D.ScoreDiT(tiny_dit(learn_sigma=True))
+    with pytest.raises(ValueError, match="parametrization"):
+        D.ScoreDiT(tiny_dit(), "velocity")
+    with pytest.raises(TypeError, match="dit"):
+        D.ScoreDiT(torch.nn.Linear(2, 2))
+
+
+@pytest.mark.parametrize("t", [0.0, -1.0, float("nan"), float("inf")])
+def test_score_dit_rejects_bad_times(t):
+    net = D.ScoreDiT(tiny_dit())
+    with pytest.raises(ValueError, match="t must"):
+        net(torch.randn(2, 2, 4, 4), t)
+    with pytest.raises(ValueError, match="t must"):
+        net(torch.randn(2, 2, 4, 4), torch.tensor([0.5, t]))
+
+
+def test_score_dit_rejects_time_of_wrong_shape():
+    with pytest.raises(ValueError, match=r"t must .*\(batch,\)"):
+        D.ScoreDiT(tiny_dit())(torch.randn(2, 2, 4, 4), torch.ones(3))
+
+
+# --------------------------------------------------------------------------------------
+# Bad input
+# --------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("shape, what", [
+    ((2, 2, 4), "shape"), ((2, 3, 4, 4), "in_channels"), ((2, 2, 4, 6), "square"),
+    ((2, 2, 6, 6), "input_size"),
+])
+def test_dit_rejects_bad_images(shape, what):
+    model = tiny_dit()
+    with pytest.raises(ValueError, match=f"^x must.*{what}"):
+        model(torch.randn(shape), torch.ones(2))
+    with pytest.raises(ValueError, match="^x must"):
+        D.ScoreDiT(model)(torch.randn(shape), 0.5)
+
+
+def test_dit_rejects_bad_times_and_labels():
+    x = torch.randn(2, 2, 4, 4)
+    with pytest.raises(ValueError, match="^t must"):
+        tiny_dit()(x, torch.ones(2, 1))
+    with pytest.raises(ValueError, match="^y must be None"):
+        tiny_dit()(x, torch.ones(2), torch.zeros(2, dtype=torch.long))
+    cond = tiny_dit(num_classes=3)
+    for bad in (None, torch.zeros(2), torch.zeros(3, dtype=torch.long), torch.tensor([0, 4])):
+        with pytest.raises(ValueError, match="^y must"):
+            cond(x, torch.ones(2), bad)
+    cond(x, torch.ones(2), torch.tensor([0, 3]))  # the null class of classifier-free guidance
+    with pytest.raises(ValueError, match="^y must"):
+        tiny_dit(num_classes=3, class_dropout_prob=0.0)(x, torch.ones(2), torch.tensor([0, 3]))
+
+
+@pytest.mark.parametrize("kwargs, name", [
+    (dict(input_size=6, patch_size=4), "input_size"), (dict(num_heads=3), "num_heads"),
+    (dict(hidden_size=6, num_heads=2), "hidden_size"), (dict(class_dropout_prob=1.0),
+    "class_dropout_prob"), (dict(depth=0), "depth"), (dict(num_classes=-1), "num_classes"),
+])
+def test_dit_rejects_bad_config(kwargs, name):
+    with pytest.raises(ValueError, match=name):
+        tiny_dit(**kwargs)
+
+
+def test_layers_reject_bad_config_and_masks():
+    with pytest.raises(ValueError, match="num_heads"):
+        D.Attention(8, 3)
+    with pytest.raises(ValueError, match="num_heads"):
+        D.Attention(8, 0)
+    with pytest.raises(ValueError, match="head_dim"):
+        D.Attention(8, 2, head_dim=0)
+    with pytest.raises(ValueError, match="hidden_features"):
+        D.Mlp(8, -1)
+    attn, mlp = D.Attention(8, 2), D.Mlp(8, 4)
+    attn.head_mask, mlp.channel_mask = torch.ones(3), torch.ones(5)
+    x = torch.randn(1, 2, 8)
+    with pytest.raises(ValueError, match=r"head_mask must .*\(2,\)"):
+        attn(x)
+    with pytest.raises(ValueError, match=r"channel_mask must .*\(4,\)"):
+        mlp(x)
+
+
+# --------------------------------------------------------------------------------------
+# Mixed precision
+# --------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("num_classes", [0, 3])
+def test_trains_one_step_under_bf16_autocast(num_classes):
+    torch.manual_seed(0)
+    net = D.ScoreDiT.from_preset("DiT-N/2", input_size=8, in_channels=1,
+                                 num_classes=num_classes, class_dropout_prob=0.5)
+    net.dit.blocks[0].attn.head_mask = torch.ones(4, requires_grad=True)
+    opt = torch.optim.Adam(net.parameters(), lr=1e-3)  # no decay: unchanged = zero grads
+    x0, eps = torch.randn(4, 1, 8, 8), torch.randn(4, 1, 8, 8)
+    t = torch.tensor([1e-3, 0.1, 1.0, 5.0])
+    col = t[:, None, None, None]
+    xt = torch.exp(-col / 2) * x0 + (-torch.expm1(-col)).sqrt() * eps
+    y = torch.randint(num_classes, (4,)) if num_classes else None
+    before = [p.detach().clone() for p in net.parameters()]
+    # adaLN-Zero: step 1 moves the final linear layer, step 2 the gates and modulations,
+    # step 3 everything (the attention and MLP weights only see gradients through gates)
+    for _ in range(3):
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            loss = (net.raw(xt, t, y).float() - eps).square().mean()
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+    assert torch.isfinite(loss)
+    assert all(p.dtype == torch.float32 and torch.isfinite(p).all() for p in net.parameters())
+    changed = [not torch.equal(b, p) for b, p in zip(before, net.parameters(), strict=True)]
+    assert sum(changed) == sum(p.requires_grad for p in net.parameters())
+    assert net.dit.blocks[0].attn.head_mask.grad is not None
