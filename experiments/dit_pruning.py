@@ -47,7 +47,12 @@ from experiments.common.pruning import AttentionHeads, importance, prune, select
 from experiments.common.runs import REPO_ROOT, Units, atomic_write_bytes, main, resolve_device
 from experiments.common.sampling import sample
 from experiments.common.score_nets import wilson_interval
-from experiments.common.training import TrainConfig, checkpoint_path, train
+from experiments.common.training import (
+    TrainConfig,
+    checkpoint_path,
+    setup_distributed,
+    train,
+)
 from theory.process import generator
 
 NAME = "dit_pruning"
@@ -79,7 +84,8 @@ PROFILES = {
         "samples": 256, "sampler_steps": 200, "features": "classifier", "real_images": 1797,
         "grid": 8,
     },
-    # One H200, <= 8 minutes: a CIFAR-10 subset small enough to memorize, DiT-S/4 in bf16.
+    # One H200, <= 8 minutes (never run yet: no GPU so far): a CIFAR-10 subset small enough
+    # to memorize, DiT-S/4 in bf16 (autocast on CUDA, experiments/common/training.py).
     "gpu": {
         "seed": 0, "seeds": 3, "device": "auto", "cache": True, "dataset": "cifar10",
         "data_root": None, "n": 500, "patch_size": 4, "depth": 12, "hidden_size": 384,
@@ -207,7 +213,14 @@ def run_seed(config: dict, seed: int, etas: list[float]) -> dict:
 
 
 def compute(config: dict, units: Units) -> dict:
-    """Every seed at the table's eta; the first seed also at every eta of the sweep."""
+    """Every seed at the table's eta; the first seed also at every eta of the sweep.
+
+    Under torchrun every rank runs this with its own device: training steps are
+    data-parallel, sampling and evaluation are repeated on every rank (the same numbers).
+    """
+    _, _, device = setup_distributed()
+    if device is not None:
+        config = {**config, "device": str(device)}
     runs = []
     for s in tqdm(range(config["seeds"]), desc="seeds"):
         etas = sorted({config["eta"], *config["etas"]}) if s == 0 else [config["eta"]]

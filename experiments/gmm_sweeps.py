@@ -78,9 +78,9 @@ PROFILES = {
     "paper": {
         "seed": 0, "seeds": 3, "device": "auto", "cache": True, "K": 8, "mean_std": 2.0,
         "d_main": 32, "ns": [1000, 3200, 10000, 32000, 100000],
-        "widths": [64, 256, 1024, 2048, 3840], "depth": 4, "emb_dim": 32,
-        "ds": [8, 16, 32, 64], "d_ns": [1000, 3200, 10000, 32000, 100000], "d_width": 1792,
-        "width_ns": [3200, 10000], "wd_ns": [3200, 10000], "wd_width": 1792,
+        "widths": [74, 256, 1024, 2048, 3840], "depth": 4, "emb_dim": 32,  # 24K-44.6M params
+        "ds": [8, 16, 32, 64], "d_ns": [1000, 3200, 10000, 32000, 100000], "d_width": 1984,
+        "width_ns": [3200, 10000], "wd_ns": [3200, 10000], "wd_width": 1984,
         "weight_decays": [0.0, 0.01, 0.1, 0.3, 1.0],
         "steps": 100000, "batch": 1024, "lr": 1e-3, "weight_decay": 0.0, "t0": 1e-3, "T": 8.0,
         "samples": 10000, "sampler_steps": 400, "data_ll_draws": 100000,

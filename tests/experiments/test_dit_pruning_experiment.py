@@ -44,3 +44,21 @@ def test_smoke_numbers_are_well_formed(smoke):
     assert set(table) == {"original", "finetuned", "importance", "random"}
     assert table["original"]["memorization"][0] == pytest.approx(
         100 * first["original"]["memorization_ratio"])
+
+
+def test_smoke_runs_under_torchrun_with_two_gloo_ranks(tmp_path):
+    # torchrun --nproc_per_node=2: training is data-parallel (gloo on CPU); every rank
+    # evaluates and writes the same result.
+    import json
+    import os
+    import subprocess
+    import sys
+
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
+           "-m", "experiments.dit_pruning", "--profile", "smoke", "--out", str(tmp_path),
+           "--force", "--no-plot"]
+    done = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=180)
+    assert done.returncode == 0, done.stderr[-3000:]
+    result = json.loads((tmp_path / "dit_pruning.json").read_text())
+    assert len(result["results"]["runs"]) == result["config"]["seeds"]
