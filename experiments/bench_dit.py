@@ -37,7 +37,7 @@ paper profile trains). Precision: "auto" is bf16 autocast on CUDA (as ``train`` 
 float32 on CPU.
 
 Times are the median of ``--repeats`` timed calls after one untimed warm-up each, training
-and sampling taking turns (``experiments.bench_scores.time_methods``); on CUDA every call
+and sampling taking turns (``experiments.common.benchmarking.time_methods``); on CUDA every call
 ends with a synchronize. The CPU share printed next to the CPU times (process CPU time /
 (wall time x threads)) shows whether they got their cores (near 1) or shared them (well
 below 1: rerun on a quiet machine).
@@ -62,7 +62,7 @@ from torch import nn
 from torch.utils import flop_counter
 from torch.utils.flop_counter import FlopCounterMode
 
-from experiments.bench_scores import n_cores, time_methods, write_json
+from experiments.common.benchmarking import n_cores, time_methods, write_json
 from experiments.common.dit import DIT_MODELS, DiT, ScoreDiT
 from experiments.common.runs import provenance
 from experiments.common.sampling import reverse_sde, sampling_times

@@ -60,7 +60,7 @@ from pathlib import Path
 
 import torch
 
-from experiments.bench_scores import (
+from experiments.common.benchmarking import (
     config_args,
     measure_call_peak,
     n_cores,
@@ -258,7 +258,7 @@ def memory_bound_mib(cfg: BenchConfig) -> float:
 def _memory_probe(cfg: BenchConfig, method: str) -> dict[str, float | str | None]:
     """In this (fresh) process: peak RSS growth in MiB caused by one call of ``method``.
 
-    See ``experiments.bench_scores.measure_call_peak``; the baseline is taken after the
+    See ``experiments.common.benchmarking.measure_call_peak``; the baseline is taken after the
     data exist and the thread pool runs.
     """
     if method not in METHODS:
@@ -275,7 +275,7 @@ def peak_extra_mib(cfg: BenchConfig, methods: Sequence[str]) -> dict[str, dict]:
     """Peak extra memory (MiB) of one call of each method on top of the data, fresh processes.
 
     Runs ``python -m experiments.bench_metrics --memory-probe METHOD`` with cfg's size, one
-    process per method, all at once (see ``experiments.bench_scores.run_memory_probes``).
+    process per method, all at once (see ``experiments.common.benchmarking.run_memory_probes``).
     Returns, per method, a dict with extra_mib, the counter used and the raw readings.
     """
     for method in methods:

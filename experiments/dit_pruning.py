@@ -196,12 +196,12 @@ def run_seed(config: dict, seed: int, etas: list[float]) -> dict:
                                 real_features, extractor)
     heads = AttentionHeads(base)
     total = sum(heads.sizes().values())
+    scores = {variant: importance(heads, method, train_images.to(dev),
+                                  config["importance_batches"], config["batch"], config["t0"],
+                                  config["T"], seed=seed) for variant, method in METHOD.items()}
     for eta in [e for e in etas if e > 0]:
-        for variant, method in METHOD.items():
-            scores = importance(heads, method, train_images.to(dev),
-                                config["importance_batches"], config["batch"], config["t0"],
-                                config["T"], seed=seed)
-            keep = select(scores, eta, heads.min_keep)
+        for variant in METHOD:
+            keep = select(scores[variant], eta, heads.min_keep)
             small = fit(config, prune(heads, keep), train_images, config["finetune_steps"],
                         config["finetune_lr"], seed)
             rep = evaluate(config, generate(config, small, shape, seed), train_images,

@@ -1,0 +1,193 @@
+"""Measuring code the benchmarks share: round-robin timing with CPU share, peak memory of one
+call in a fresh process, targets and ratios as reported, JSON output.
+
+Used by experiments/bench_scores.py, bench_metrics.py and bench_dit.py; each benchmark
+module documents what it measures and why, this module only how.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import resource
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import asdict
+from pathlib import Path
+
+import torch
+
+from experiments.common.runs import REPO_ROOT
+
+__all__ = [
+    "n_cores",
+    "time_methods",
+    "peak_readings",
+    "measure_call_peak",
+    "run_memory_probes",
+    "config_args",
+    "safe_ratio",
+    "target_entry",
+    "write_json",
+]
+
+
+def n_cores() -> int:
+    """Number of CPU cores this process may run on."""
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:  # not Linux
+        return os.cpu_count() or 1
+
+
+def time_methods(
+    fns: dict[str, Callable[[], object]], repeats: int
+) -> tuple[dict[str, list[float]], dict[str, float]]:
+    """Wall-clock seconds of ``repeats`` calls of each fn, after one untimed warm-up each.
+
+    The methods take turns (round robin), so that a slow spell of the machine (another
+    job, a clock change) falls on all of them rather than on one. Also returns, per method,
+    the CPU share: process CPU time / (wall time x torch threads), summed over the timed
+    calls; well below 1 means the timings did not get the cores to themselves.
+    """
+    for fn in fns.values():
+        fn()
+    times: dict[str, list[float]] = {name: [] for name in fns}
+    cpu = dict.fromkeys(fns, 0.0)
+    for _ in range(repeats):
+        for name, fn in fns.items():
+            cpu_start, start = time.process_time(), time.perf_counter()
+            fn()
+            times[name].append(time.perf_counter() - start)
+            cpu[name] += time.process_time() - cpu_start
+    threads = torch.get_num_threads()
+    share = {name: cpu[name] / (threads * sum(times[name])) for name in fns}
+    return times, share
+
+
+def _maxrss_mib() -> float:
+    """Peak resident set size of this process so far, in MiB (ru_maxrss is KiB on Linux)."""
+    rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    return rss / (1024 * 1024) if sys.platform == "darwin" else rss / 1024
+
+
+def _hwm_mib() -> float | None:
+    """VmHWM (peak RSS of this address space) from /proc/self/status in MiB, None off Linux."""
+    try:
+        with open("/proc/self/status") as f:
+            for line in f:
+                if line.startswith("VmHWM:"):
+                    return int(line.split()[1]) / 1024
+    except OSError:
+        pass
+    return None
+
+
+def _reset_peak() -> bool:
+    """Reset this process's peak RSS to its current RSS (Linux: /proc/self/clear_refs)."""
+    try:
+        with open("/proc/self/clear_refs", "w") as f:
+            f.write("5")
+    except OSError:
+        return False
+    return True
+
+
+def peak_readings() -> tuple[float, float | None]:
+    """(ru_maxrss, VmHWM) of this process in MiB; VmHWM is None off Linux."""
+    return _maxrss_mib(), _hwm_mib()
+
+
+def measure_call_peak(
+    call: Callable[[], object],
+    setup: tuple[tuple[float, float | None], tuple[float, float | None]] | None = None,
+    not_reset_note: str = "an earlier peak may hide the call's",
+) -> dict[str, float | str | None]:
+    """Peak RSS growth in MiB caused by one ``call()`` in this process, for a memory probe.
+
+    Call it once the data exist and the thread pool runs. On Linux the peak is first reset
+    to the current RSS, so that neither earlier temporaries nor the parent's peak (which
+    ru_maxrss inherits across exec) hide the call's own peak. ru_maxrss is the measure;
+    should it still read above this address space's own peak (VmHWM), VmHWM is used.
+    ``setup``: optional (before, after) ``peak_readings()`` around a one-time setup, reported
+    as setup_extra_mib with the same counter. Returns counter, before_mib, after_mib,
+    extra_mib and setup_extra_mib (None without setup).
+    """
+    reset = _reset_peak()
+    before = peak_readings()
+    call()
+    after = peak_readings()
+    inherited = before[1] is not None and before[0] > before[1] + 1.0
+    i, counter = (1, "VmHWM") if inherited else (0, "ru_maxrss")
+    if not reset:
+        counter += f" (peak not reset: {not_reset_note})"
+    return {
+        "counter": counter,
+        "before_mib": before[i],
+        "after_mib": after[i],
+        "extra_mib": after[i] - before[i],
+        "setup_extra_mib": None if setup is None else setup[1][i] - setup[0][i],
+    }
+
+
+def run_memory_probes(module: str, methods: Sequence[str], args: Sequence[str]) -> dict[str, dict]:
+    """Run ``python -m MODULE --memory-probe METHOD ARGS...`` once per method, all at once.
+
+    Each probe is a fresh process that measures only itself and prints one JSON dict as its
+    last line of output; returns those dicts by method. The repository root is put on
+    PYTHONPATH, and glibc's mmap threshold is fixed at 64 KiB (see below). Raises
+    RuntimeError with the end of its stderr if a probe fails.
+    """
+    env = dict(os.environ)
+    root = str(REPO_ROOT)
+    env["PYTHONPATH"] = os.pathsep.join(filter(None, [root, env.get("PYTHONPATH")]))
+    # glibc: serve every block >= 64 KiB by its own mmap and unmap it on free, so resident
+    # memory follows live memory (otherwise freed blocks stay resident and are reused, and
+    # a call's peak depends on what was freed before the baseline).
+    env["MALLOC_MMAP_THRESHOLD_"] = str(64 * 1024)
+    procs = {}
+    for method in methods:
+        cmd = [sys.executable, "-m", module, "--memory-probe", method]
+        procs[method] = subprocess.Popen(
+            cmd + list(args),
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+            env=env,
+        )
+    results = {}
+    for method, proc in procs.items():
+        stdout, stderr = proc.communicate()
+        if proc.returncode != 0:
+            raise RuntimeError(f"memory probe for {method!r} failed:\n{stderr[-2000:]}")
+        results[method] = json.loads(stdout.strip().splitlines()[-1])
+    return results
+
+
+def config_args(cfg: object) -> list[str]:
+    """A config dataclass as command-line options ``--field=value``, one per field."""
+    return [f"--{k}={v}" for k, v in asdict(cfg).items()]
+
+
+def safe_ratio(num: float | None, den: float | None) -> float | None:
+    """num / den (num clipped at 0), or None when either is missing or den <= 0."""
+    if num is None or den is None or den <= 0:
+        return None
+    return max(num, 0.0) / den
+
+
+def target_entry(value: float | None, bound: float) -> dict:
+    """A target as reported: its value, its bound, and whether value <= bound (met)."""
+    return {"value": value, "bound": bound, "met": value is not None and value <= bound}
+
+
+def write_json(path: Path, obj: dict) -> None:
+    """Write obj as JSON atomically (temp file in the same folder, then rename)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with tempfile.NamedTemporaryFile("w", dir=path.parent, suffix=".tmp", delete=False) as f:
+        json.dump(obj, f, indent=2)
+        tmp = Path(f.name)
+    tmp.replace(path)
