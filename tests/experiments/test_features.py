@@ -240,3 +240,15 @@ def test_inception_input_pipeline(tmp_path, monkeypatch) -> None:
     assert lo.min() >= 0 and hi.max() <= 255 + 1e-3 and hi.max() > 200  # uint8 range
     raw = InceptionFeatures(path, quantize=False)(torch.zeros(1, 3, 299, 299))
     assert raw[0, 0] == raw[0, 1] == 127.5  # (x + 1) * 127.5, not rounded
+
+
+def test_shipped_cifar10_classifier() -> None:
+    # The gpu/paper profiles' feature space when no Inception file is available.
+    path = classifier_path("cifar10")
+    record = json.loads(path.with_suffix(".json").read_text())
+    assert record["dataset"] == "cifar10" and record["num_test"] == 10_000
+    assert record["test_accuracy"] > 0.8
+    net = feature_extractor("classifier", "cifar10")
+    assert net.name == "SmallCNN-cifar10"
+    images = torch.rand(4, 3, 32, 32, generator=torch.Generator().manual_seed(0)) * 2 - 1
+    assert extract_features(images, net).shape == (4, 128)
