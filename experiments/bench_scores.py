@@ -68,6 +68,7 @@ from experiments.common.benchmarking import (
     safe_ratio,
     target_entry,
     time_methods,
+    timing_table,
     write_json,
 )
 from theory.empirical import EmpiricalScore
@@ -372,7 +373,7 @@ def run_benchmark(cfg: BenchConfig, *, memory: bool = True) -> dict:
 
 def format_report(res: dict) -> str:
     """The results of ``run_benchmark`` as a small plain-text table."""
-    cfg, med, ts, mem = res["config"], res["median_s"], res["times_s"], res["memory_mib"]
+    cfg, ts, mem = res["config"], res["times_s"], res["memory_mib"]
     names = {
         "ours": "ours (streaming, theory.empirical)",
         "bare": "(a) two bare matmuls",
@@ -388,21 +389,8 @@ def format_report(res: dict) -> str:
         f"median of {cfg['repeats']} (round robin, after one warm-up each); "
         f"{gflop:.1f} GFLOP in the two matmuls",
         "",
-        f"{'method':<36} {'median s':>9} {'min-max s':>15} {'GFLOP/s':>8} {'CPU share':>9} "
-        f"{'peak extra MiB':>15}",
     ]
-    for m in METHODS:
-        mib = f"{mem[m]:.1f}" if m in mem else "-"
-        lines.append(
-            f"{names[m]:<36} {med[m]:>9.3f} {min(ts[m]):>7.3f}-{max(ts[m]):<7.3f} "
-            f"{gflop / med[m]:>8.1f} {res['cpu_share'][m]:>9.2f} {mib:>15}"
-        )
-    busy = [m for m in METHODS if res["cpu_share"][m] < 0.75]
-    if busy:
-        lines.append(
-            f"WARNING: CPU share < 0.75 for {', '.join(busy)}: other work shared the cores, "
-            "so these times (and ratios) are not reliable; rerun on a quiet machine."
-        )
+    lines += timing_table(names, ts, gflop, res["cpu_share"], mem)
     r, a = res["ratios"], res["agreement"]
     mem_ratio = r["memory_ours_over_reference"]
     lines += [

@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import os
 import resource
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -25,6 +26,7 @@ from experiments.common.runs import REPO_ROOT
 __all__ = [
     "n_cores",
     "time_methods",
+    "timing_table",
     "peak_readings",
     "measure_call_peak",
     "run_memory_probes",
@@ -66,6 +68,31 @@ def time_methods(
     threads = torch.get_num_threads()
     share = {name: cpu[name] / (threads * sum(times[name])) for name in fns}
     return times, share
+
+
+def timing_table(
+    labels: dict[str, str], times: dict[str, list[float]], gflop: float,
+    cpu_share: dict[str, float], memory_mib: dict[str, float],
+) -> list[str]:
+    """Lines of the table every benchmark prints: per method (in the order of ``labels``)
+    the median, min-max seconds, GFLOP/s for ``gflop`` per call, CPU share and peak extra
+    memory; then a warning when a CPU share below 0.75 says the timings shared the cores."""
+    lines = [f"{'method':<36} {'median s':>9} {'min-max s':>15} {'GFLOP/s':>8} "
+             f"{'CPU share':>9} {'peak extra MiB':>15}"]
+    for m, label in labels.items():
+        med = statistics.median(times[m])
+        mib = f"{memory_mib[m]:.1f}" if m in memory_mib else "-"
+        lines.append(
+            f"{label:<36} {med:>9.3f} {min(times[m]):>7.3f}-{max(times[m]):<7.3f} "
+            f"{gflop / med:>8.1f} {cpu_share[m]:>9.2f} {mib:>15}"
+        )
+    busy = [m for m in labels if cpu_share[m] < 0.75]
+    if busy:
+        lines.append(
+            f"WARNING: CPU share < 0.75 for {', '.join(busy)}: other work shared the cores, "
+            "so these times (and ratios) are not reliable; rerun on a quiet machine."
+        )
+    return lines
 
 
 def _maxrss_mib() -> float:
