@@ -7,7 +7,7 @@ normalized per layer, ranked globally) or at random, fine-tunes, and compares
 memorization ratio (pixel space, the 1/9 rule), FID and precision/recall (Table 1). Here,
 per seed (a training subset and an initialization):
 
-  1. train the original DiT on n images (eps-free x_0-prediction, read as a score);
+  1. train the original DiT on n images (x_0-prediction, read as a score);
   2. fine-tune it unpruned for the same number of steps as the pruned ones (the control:
      fine-tuning alone changes memorization, see paper_notes/pruning_bridge.md);
   3. prune eta of all heads by importance and at random, physically, and fine-tune each;

@@ -41,7 +41,8 @@ from theory.networks import mlp_param_count
 NAME = "gmm_2d"
 
 # -- configuration ----------------------------------------------------------------------------
-# The paper does not state n or the network sizes of Fig. 2; ours are in paper_notes/gmm.md.
+# The paper does not state n or the network sizes of Fig. 2: ours, in
+# paper_notes/gmm_memorization.md.
 PROFILES = {
     "smoke": {
         "seed": 0, "seeds": 1, "device": "cpu", "cache": False, "d": 2, "K": 4,

@@ -17,7 +17,7 @@ size, should push back. We train score networks on n draws from the paper's mixt
 Every panel also shows the two exact references measured the same way: sampling with
 the exact empirical score (memorizes: ratio ~1) and with the exact true score (ratio at
 chance, log-likelihood = E log p(X)). The quick profile is a CPU-sized version: networks
-of 13K-560K parameters and n = 16-256 instead of 24K-44M and 1K-100K, chosen so that the
+of 14K-567K parameters and n = 16-256 instead of 24K-44M and 1K-100K, chosen so that the
 grid still crosses the memorization transition.
 
 Run: python -m experiments.gmm_sweeps [--profile smoke|quick|paper] [--set key=value] [--force]
@@ -51,9 +51,9 @@ from theory.networks import mlp_param_count
 NAME = "gmm_sweeps"
 
 # -- configuration ----------------------------------------------------------------------------
-# The network is the paper-style eps-free "denoiser" MLP (x_0-prediction read as a score):
+# The network predicts x_0 (the "denoiser" parametrization of theory.networks, read as a score):
 # in a pilot it memorized far more readily than eps-prediction at equal cost (n = 16,
-# width 256: ratio 0.85 vs 0.54), as practical x_0/EDM-preconditioned models do.
+# width 256, 3,000 steps: memorization ratio 0.85 vs 0.54).
 # ``widths`` x ``ns`` is the grid of Fig. 3a (left); its rows at ``width_ns`` are Fig. 3b
 # (left) and its column at ``wd_width`` is the weight decay 0 point of Fig. 3b (right).
 PROFILES = {

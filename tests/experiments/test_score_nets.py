@@ -25,7 +25,7 @@ def test_exact_references_meet_their_thresholds(d32):
     # the exact true score does not (<= 0.01) and reaches E log p(X) within its error.
     # The log-likelihood is checked with the second-order probability-flow sampler: the
     # first-order reverse SDE on log-spaced steps inflates the within-component variance by
-    # O(1/steps) (about -0.27 nats at 400 steps, d = 32; paper_notes/gmm.md).
+    # O(1/steps) (about -0.27 nats at 400 steps, d = 32; paper_notes/gmm_memorization.md).
     mixture, points = d32
     sampler = sn.SamplerSpec(num=400, steps=100)
     emp = sn.reference("empirical", points, mixture, sampler, seed=0, device="cpu")
