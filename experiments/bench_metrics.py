@@ -49,7 +49,6 @@ d=3,072, float32, several minutes on two cores) or ``--quick`` (m=1,000, n=5,000
 from __future__ import annotations
 
 import argparse
-import json
 import math
 import os
 import platform
@@ -62,6 +61,7 @@ import torch
 
 from experiments.common.benchmarking import (
     config_args,
+    finish_main,
     measure_call_peak,
     n_cores,
     run_memory_probes,
@@ -69,7 +69,6 @@ from experiments.common.benchmarking import (
     target_entry,
     time_methods,
     timing_table,
-    write_json,
 )
 from experiments.common.metrics import (
     _BLOCK,
@@ -486,17 +485,7 @@ def main(argv: Sequence[str] | None = None) -> dict | None:
         threads=args.threads,
         seed=args.seed,
     )
-    if args.memory_probe is not None:
-        print(json.dumps(_memory_probe(cfg, args.memory_probe)))
-        return None
-    res = run_benchmark(cfg, memory=not args.no_memory)
-    print(format_report(res))
-    if args.json is not None:
-        write_json(args.json, res)
-        print(f"\nwrote {args.json}")
-    if not res["agreement"]["agree"]:
-        raise SystemExit(1)
-    return res
+    return finish_main(cfg, args, _memory_probe, run_benchmark, format_report)
 
 
 if __name__ == "__main__":

@@ -34,6 +34,7 @@ __all__ = [
     "safe_ratio",
     "target_entry",
     "write_json",
+    "finish_main",
 ]
 
 
@@ -218,3 +219,24 @@ def write_json(path: Path, obj: dict) -> None:
         json.dump(obj, f, indent=2)
         tmp = Path(f.name)
     tmp.replace(path)
+
+
+def finish_main(
+    cfg: object, args, probe: Callable[[object, str], dict],
+    run: Callable[..., dict], report: Callable[[dict], str],
+) -> dict | None:
+    """The end of a benchmark's command line, the same for every benchmark: as a memory
+    probe (hidden ``--memory-probe METHOD``) print probe(cfg, METHOD) as JSON and stop;
+    otherwise run(cfg, memory=not --no-memory), print report(result), write ``--json``, and
+    raise SystemExit(1) after printing if the methods disagree."""
+    if args.memory_probe is not None:
+        print(json.dumps(probe(cfg, args.memory_probe)))
+        return None
+    res = run(cfg, memory=not args.no_memory)
+    print(report(res))
+    if args.json is not None:
+        write_json(args.json, res)
+        print(f"\nwrote {args.json}")
+    if not res["agreement"]["agree"]:
+        raise SystemExit(1)
+    return res
