@@ -20,10 +20,13 @@ test: $(STAMP)
 	$(PY) -m ruff check theory experiments figures tests
 	$(PY) -m pytest -q $(ARGS)
 
+# The four benchmarks (experiments/benchmarks/), each writing figures/bench_<name>.json;
+# run on a quiet machine. `make bench ARGS=--quick` is a small trial that writes nothing.
 bench: $(STAMP)
-	$(PY) -m experiments.bench_scores $(ARGS)
-	$(PY) -m experiments.bench_metrics $(ARGS)
-	$(PY) -m experiments.bench_dit $(ARGS)
+	$(PY) -m experiments.benchmarks.scores $(ARGS)
+	$(PY) -m experiments.benchmarks.metrics $(ARGS)
+	$(PY) -m experiments.benchmarks.ensemble $(ARGS)
+	$(PY) -m experiments.benchmarks.dit $(ARGS)
 
 clean-venv:
 	rm -rf .venv

@@ -32,7 +32,6 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from tqdm import tqdm
 
 from experiments.common.data import load_dataset, random_subset
 from experiments.common.dit import DiT, ScoreDiT
@@ -44,9 +43,16 @@ from experiments.common.features import (
 from experiments.common.metrics import MEMORIZATION_THRESHOLD, nearest_ratio, two_nearest
 from experiments.common.plotting import COLORS, caption, new_figure, save_figure
 from experiments.common.pruning import AttentionHeads, importance, prune, select
-from experiments.common.runs import REPO_ROOT, Units, atomic_write_bytes, main, resolve_device
+from experiments.common.runs import (
+    REPO_ROOT,
+    Units,
+    atomic_write_bytes,
+    main,
+    resolve_device,
+    run_units,
+)
 from experiments.common.sampling import sample
-from experiments.common.score_nets import wilson_interval
+from experiments.common.stats import format_interval, paired_difference, proportion_interval
 from experiments.common.training import (
     TrainConfig,
     checkpoint_path,
@@ -65,7 +71,8 @@ CACHE = REPO_ROOT / "runs" / "checkpoints"
 # 68 s on 2 cores); x_0-prediction memorizes far more readily than eps-prediction here.
 PROFILES = {
     "smoke": {
-        "seed": 0, "seeds": 1, "device": "cpu", "cache": False, "dataset": "digits",
+        "seed": 0, "seeds": 2, "workers": 1, "device": "cpu", "cache": False,
+        "dataset": "digits",
         "data_root": None, "n": 8, "patch_size": 2, "depth": 1, "hidden_size": 32,
         "num_heads": 4, "mlp_ratio": 2.0, "parametrization": "denoiser",
         "steps": 20, "batch": 16, "lr": 2e-3, "t0": 1e-3, "T": 8.0,
@@ -75,7 +82,8 @@ PROFILES = {
         "grid": 4,
     },
     "quick": {
-        "seed": 0, "seeds": 3, "device": "cpu", "cache": True, "dataset": "digits",
+        "seed": 0, "seeds": 5, "workers": 2, "device": "cpu", "cache": True,
+        "dataset": "digits",
         "data_root": None, "n": 16, "patch_size": 2, "depth": 2, "hidden_size": 64,
         "num_heads": 8, "mlp_ratio": 4.0, "parametrization": "denoiser",
         "steps": 2500, "batch": 128, "lr": 2e-3, "t0": 1e-3, "T": 8.0,
@@ -87,7 +95,8 @@ PROFILES = {
     # One H200, <= 8 minutes (never run yet: no GPU so far): a CIFAR-10 subset small enough
     # to memorize, DiT-S/4 in bf16 (autocast on CUDA, experiments/common/training.py).
     "gpu": {
-        "seed": 0, "seeds": 3, "device": "auto", "cache": True, "dataset": "cifar10",
+        "seed": 0, "seeds": 3, "workers": 1, "device": "auto", "cache": True,
+        "dataset": "cifar10",
         "data_root": None, "n": 500, "patch_size": 4, "depth": 12, "hidden_size": 384,
         "num_heads": 6, "mlp_ratio": 4.0, "parametrization": "denoiser",
         "steps": 12000, "batch": 256, "lr": 3e-4, "t0": 1e-3, "T": 8.0,
@@ -98,7 +107,8 @@ PROFILES = {
     },
     # The paper's scale: 5,000 CIFAR-10 images, 5 seeds, DiT-S/2.
     "paper": {
-        "seed": 0, "seeds": 5, "device": "auto", "cache": True, "dataset": "cifar10",
+        "seed": 0, "seeds": 5, "workers": 1, "device": "auto", "cache": True,
+        "dataset": "cifar10",
         "data_root": None, "n": 5000, "patch_size": 2, "depth": 12, "hidden_size": 384,
         "num_heads": 6, "mlp_ratio": 4.0, "parametrization": "denoiser",
         "steps": 200000, "batch": 256, "lr": 1e-4, "t0": 1e-3, "T": 8.0,
@@ -172,7 +182,8 @@ def evaluate(config: dict, fake: torch.Tensor, train_images: torch.Tensor,
                                            seed=0)
     g = config["grid"]
     _, _, nearest = two_nearest(flat[:g], ref)
-    return {"memorization_ratio": hits / len(ratio), "ci": wilson_interval(hits, len(ratio)),
+    ci = proportion_interval(hits, len(ratio))
+    return {"memorization_ratio": hits / len(ratio), "ci": [ci.low, ci.high],
             **quality, "grid": fake[:g].tolist(), "grid_nearest": nearest.tolist()}
 
 
@@ -218,30 +229,59 @@ def compute(config: dict, units: Units) -> dict:
     Under torchrun every rank runs this with its own device: training steps are
     data-parallel, sampling and evaluation are repeated on every rank (the same numbers).
     """
-    _, _, device = setup_distributed()
+    _, world, device = setup_distributed()
     if device is not None:
         config = {**config, "device": str(device)}
-    runs = []
-    for s in tqdm(range(config["seeds"]), desc="seeds"):
-        etas = sorted({config["eta"], *config["etas"]}) if s == 0 else [config["eta"]]
-        runs.append(units.get(f"seed={s}", lambda s=s, e=etas: run_seed(config, s, e)))
-    return {"runs": runs, "table1": table1(config, runs)}
+    tasks = [(f"seed={s}", run_seed,
+              (config, s, sorted({config["eta"], *config["etas"]}) if s == 0 else [config["eta"]]))
+             for s in range(config["seeds"])]
+    # Under torchrun the ranks train together: one seed at a time, no worker processes.
+    done = run_units(units, tasks, 1 if world > 1 else config["workers"], "seeds")
+    runs = [done[key] for key, _, _ in tasks]
+    return {"runs": runs, "table1": table1(config, runs), "paired": paired(config, runs)}
+
+
+def _columns(reports: list[dict]) -> dict[str, list[float]]:
+    """Table 1's columns of one model over seeds (memorization in percent)."""
+    return {"precision": [x["precision"] for x in reports],
+            "recall": [x["recall"] for x in reports],
+            "memorization": [100 * x["memorization_ratio"] for x in reports],
+            "FD": [x["fd"] for x in reports], "KID": [x["kid_mean"] for x in reports]}
+
+
+def _row_key(config: dict, row: str) -> str:
+    """The key of a Table 1 row in a seed's results."""
+    return row if row in ("original", "finetuned") else f"{row}/eta={config['eta']}"
 
 
 def table1(config: dict, runs: list[dict]) -> dict:
-    """Mean and std over seeds of every Table 1 column, per model."""
-    rows = {"original": "original", "finetuned": "finetuned",
-            "importance": f"importance/eta={config['eta']}",
-            "random": f"random/eta={config['eta']}"}
+    """Mean and std over seeds of every Table 1 column, per model (the paper's format)."""
     out = {}
-    for row, key in rows.items():
-        reps = [r[key] for r in runs]
-        cols = {"precision": [x["precision"] for x in reps], "recall": [x["recall"] for x in reps],
-                "memorization": [100 * x["memorization_ratio"] for x in reps],
-                "FD": [x["fd"] for x in reps], "KID": [x["kid_mean"] for x in reps]}
+    for row in VARIANTS:
+        reps = [r[_row_key(config, row)] for r in runs]
         out[row] = {c: (float(np.mean(v)), float(np.std(v, ddof=1)) if len(v) > 1 else None)
-                    for c, v in cols.items()}
+                    for c, v in _columns(reps).items()}
         out[row]["feature_space"] = reps[0]["feature_space"]
+    return out
+
+
+# The comparisons Table 1 is read for, each paired by seed (same subset, initialization and
+# sampling noise): a - b.
+COMPARISONS = (("importance", "original"), ("importance", "finetuned"), ("random", "finetuned"),
+               ("importance", "random"), ("finetuned", "original"))
+
+
+def paired(config: dict, runs: list[dict]) -> dict:
+    """Paired differences over seeds of every Table 1 column for each of ``COMPARISONS``:
+    mean, 95% t-interval, per-seed differences, seeds with a positive difference. Empty
+    with one seed (no seed interval exists)."""
+    if len(runs) < 2:
+        return {}
+    out = {}
+    for a, b in COMPARISONS:
+        ca = _columns([r[_row_key(config, a)] for r in runs])
+        cb = _columns([r[_row_key(config, b)] for r in runs])
+        out[f"{a}-{b}"] = {c: paired_difference(ca[c], cb[c]).to_dict() for c in ca}
     return out
 
 
@@ -251,6 +291,34 @@ def table1(config: dict, runs: list[dict]) -> dict:
 def _pm(v: tuple) -> str:
     mean, std = v
     return f"{mean:.2f}" if std is None else f"{mean:.2f} ± {std:.2f}"
+
+
+NAMES = {"original": "original", "finetuned": "original + same fine-tuning (control)",
+         "importance": "pruned (importance)", "random": "pruned (random)"}
+SHORT = {"original": "original", "finetuned": "control", "importance": "importance",
+         "random": "random"}
+FORMATS = {"precision": "+.3f", "recall": "+.3f", "memorization": "+.1f", "FD": "+.1f",
+           "KID": "+.2f"}
+
+
+def paired_markdown(result: dict) -> str:
+    """The paired-difference table: one row per comparison, one column per metric."""
+    r = result["results"]
+    if not r.get("paired"):
+        return "(one seed: no paired differences)\n"
+    space = r["table1"]["original"]["feature_space"]
+    cols = ["precision", "recall", "memorization", "FD", "KID"]
+    head = ["a − b (paired by seed)", "precision", "recall", "memorization (points)",
+            f"FD-{space}", f"KID-{space}"]
+    lines = ["| " + " | ".join(head) + " |", "|" + " --- |" * len(head)]
+    for a, b in COMPARISONS:
+        cells = []
+        for c in cols:
+            e = r["paired"][f"{a}-{b}"][c]
+            cells.append(f"{format_interval(e['value'], e['low'], e['high'], FORMATS[c])} "
+                         f"({e['positive']}/{e['n']})")
+        lines.append(f"| {SHORT[a]} − {SHORT[b]} | " + " | ".join(cells) + " |")
+    return "\n".join(lines) + "\n"
 
 
 def table_markdown(result: dict) -> str:
@@ -263,9 +331,7 @@ def table_markdown(result: dict) -> str:
              f"{space} feature space, not Inception):", "",
              f"| model | precision | recall | memorization ratio (%) | FD-{space} | KID-{space} |",
              "| --- | --- | --- | --- | --- | --- |"]
-    names = {"original": "original", "finetuned": "original + same fine-tuning (control)",
-             "importance": "pruned (importance)", "random": "pruned (random)"}
-    for row, label in names.items():
+    for row, label in NAMES.items():
         x = t[row]
         lines.append(f"| {label} | {_pm(x['precision'])} | {_pm(x['recall'])} | "
                      f"{_pm(x['memorization'])} | {_pm(x['FD'])} | {_pm(x['KID'])} |")
@@ -277,7 +343,43 @@ def table_markdown(result: dict) -> str:
         x = PAPER_TABLE1[row]
         lines.append(f"| {label} | {_pm(x['precision'])} | {_pm(x['recall'])} | "
                      f"{_pm(x['memorization'])} | {_pm(x['FID'])} |")
-    return "\n".join(lines) + "\n"
+    lines += ["", f"Ours, the effects paired by seed: mean difference [95% t-interval over "
+                  f"{cfg['seeds']} seeds] (seeds with a positive difference):", "",
+              paired_markdown(result)]
+    return "\n".join(lines).rstrip("\n") + "\n"
+
+
+# -- what the notes quote (figures/claims.py) ----------------------------------------------------
+
+
+def facts(result: dict) -> dict[str, float]:
+    """Table 1 (mean, std per model and column), the paired differences (value, low, high,
+    positive, n per comparison and column) and the sweep of seed 0 (memorization, FD)."""
+    r = result["results"]
+    out: dict[str, float] = {}
+    for row, cols in r["table1"].items():
+        for col, v in cols.items():
+            if col != "feature_space":
+                out[f"table1/{row}/{col}/mean"] = v[0]
+                if v[1] is not None:
+                    out[f"table1/{row}/{col}/std"] = v[1]
+    for comp, cols in r.get("paired", {}).items():
+        for col, e in cols.items():
+            for k in ("value", "low", "high", "positive", "n"):
+                out[f"paired/{comp}/{col}/{k}"] = e[k]
+            out[f"paired/{comp}/{col}/min"] = min(e["diffs"])
+            out[f"paired/{comp}/{col}/max"] = max(e["diffs"])
+    first = r["runs"][0]
+    for key, rep in first.items():
+        if isinstance(rep, dict) and "memorization_ratio" in rep:
+            out[f"seed0/{key}/memorization"] = rep["memorization_ratio"]
+            out[f"seed0/{key}/fd"] = rep["fd"]
+    return out
+
+
+def blocks(result: dict) -> dict[str, str]:
+    """Table 1 beside the paper's, with the paired differences (the file the script writes)."""
+    return {"table1": table_markdown(result)}
 
 
 def _to_image(x: np.ndarray) -> np.ndarray:

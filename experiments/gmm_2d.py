@@ -19,16 +19,16 @@ from __future__ import annotations
 import sys
 
 import numpy as np
-from tqdm import tqdm
 
 from experiments.common.plotting import new_figure, save_figure
-from experiments.common.runs import Units, main
+from experiments.common.runs import Units, main, run_units
 from experiments.common.score_nets import (
     CACHE_DIR,
     NetSpec,
     aggregate,
     data_log_likelihood,
     measure,
+    paired_effect,
     reference,
     sampler_spec,
     train_config,
@@ -45,19 +45,19 @@ NAME = "gmm_2d"
 # paper_notes/gmm_memorization.md.
 PROFILES = {
     "smoke": {
-        "seed": 0, "seeds": 1, "device": "cpu", "cache": False, "d": 2, "K": 4,
+        "seed": 0, "seeds": 2, "workers": 1, "device": "cpu", "cache": False, "d": 2, "K": 4,
         "mean_std": 2.0, "n": 16, "widths": [4, 16], "depth": 2, "emb_dim": 16,
         "steps": 60, "batch": 64, "lr": 2e-3, "weight_decay": 0.0, "t0": 1e-3, "T": 8.0,
         "samples": 64, "sampler_steps": 20, "scatter": 64, "data_ll_draws": 1000,
     },
     "quick": {
-        "seed": 0, "seeds": 1, "device": "cpu", "cache": True, "d": 2, "K": 4,
+        "seed": 0, "seeds": 3, "workers": 2, "device": "cpu", "cache": True, "d": 2, "K": 4,
         "mean_std": 2.0, "n": 16, "widths": [8, 32, 128, 512], "depth": 3, "emb_dim": 16,
-        "steps": 3000, "batch": 256, "lr": 2e-3, "weight_decay": 0.0, "t0": 1e-3, "T": 8.0,
+        "steps": 3000, "batch": 128, "lr": 2e-3, "weight_decay": 0.0, "t0": 1e-3, "T": 8.0,
         "samples": 1000, "sampler_steps": 200, "scatter": 1000, "data_ll_draws": 20000,
     },
     "paper": {
-        "seed": 0, "seeds": 3, "device": "auto", "cache": True, "d": 2, "K": 4,
+        "seed": 0, "seeds": 3, "workers": 1, "device": "auto", "cache": True, "d": 2, "K": 4,
         "mean_std": 2.0, "n": 16, "widths": [8, 32, 128, 512, 2048], "depth": 3,
         "emb_dim": 16, "steps": 20000, "batch": 512, "lr": 1e-3, "weight_decay": 0.0,
         "t0": 1e-3, "T": 8.0, "samples": 5000, "sampler_steps": 400, "scatter": 2000,
@@ -86,8 +86,11 @@ def compute(config: dict, units: Units) -> dict:
     """Every panel for every seed (one resumable unit each), the training set, the means."""
     mixture = paper_mixture(config["d"], config["K"], config["mean_std"], seed=config["seed"])
     names = ["true", "empirical"] + [f"width={w}" for w in config["widths"]]
-    panels = {name: [units.get(f"{name}/s={s}", lambda a=(name, s): run_panel(config, *a))
-                     for s in range(config["seeds"])] for name in tqdm(names, desc="panels")}
+    tasks = [(f"{name}/s={s}", run_panel, (config, name, s))
+             for name in names for s in range(config["seeds"])]
+    done = run_units(units, tasks, config["workers"], "panels")
+    panels = {name: [{"seed": s, **done[f"{name}/s={s}"]} for s in range(config["seeds"])]
+              for name in names}
     points = training_set(mixture, config["n"], 0)
     return {
         "training_points": points.tolist(),
@@ -99,6 +102,30 @@ def compute(config: dict, units: Units) -> dict:
         "data_log_likelihood": data_log_likelihood(mixture, config["data_ll_draws"],
                                                    config["seed"]),
     }
+
+
+# -- what the notes quote (figures/claims.py) ----------------------------------------------------
+
+
+def facts(result: dict) -> dict[str, float]:
+    """Per panel: memorization ratio and log-likelihood, mean and 95% interval over seeds;
+    paired by seed, the widest - the narrowest network and every network - the exact true
+    score on the same training set (memorization above the rule's chance level); E log p(X)."""
+    cfg, r = result["config"], result["results"]
+    out: dict[str, float] = {}
+    for name, reports in r["panels"].items():
+        for field, value in aggregate(reports).items():
+            if isinstance(value, float):
+                out[f"{field}/{name}"] = value
+    wide, narrow = f"width={max(cfg['widths'])}", f"width={min(cfg['widths'])}"
+    pairs = [(wide, narrow)] + [(f"width={w}", "true") for w in cfg["widths"]]
+    for a, b in pairs:
+        for field, short in (("memorization_ratio", "ratio"), ("log_likelihood", "ll")):
+            e = paired_effect(r["panels"][a], r["panels"][b], field)
+            for k in ("value", "low", "high", "positive", "n"):
+                out[f"effect/{a}-{b}/{short}/{k}"] = e[k]
+    out["data_ll"] = r["data_log_likelihood"]["value"]
+    return out
 
 
 # -- drawing from the JSON ------------------------------------------------------------------------
@@ -134,8 +161,9 @@ def plot(result: dict, stem) -> list:
     for ax in list(axes.flat)[len(order):]:
         ax.axis("off")
     axes[0, 0].legend(loc="lower left", fontsize=6.5, markerscale=2)
-    fig.suptitle(f"n = {cfg['n']} training points, d = 2, K = {cfg['K']}; "
-                 f"E log p(X) = {ref_ll:.2f}; depth {cfg['depth']}, {cfg['steps']} steps",
+    fig.suptitle(f"n = {cfg['n']} training points (seed 0 shown), d = 2, K = {cfg['K']}; "
+                 f"E log p(X) = {ref_ll:.2f}; depth {cfg['depth']}, {cfg['steps']} steps; "
+                 f"titles: mean [95% interval] over {cfg['seeds']} training seeds",
                  fontsize=8.5)
     fig.tight_layout()
     return save_figure(fig, stem)

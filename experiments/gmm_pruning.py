@@ -28,13 +28,16 @@ import numpy as np
 
 from experiments.common.plotting import COLORS, caption, new_figure, save_figure
 from experiments.common.pruning import HiddenUnits, importance, prune, select
-from experiments.common.runs import Units, main
+from experiments.common.runs import Units, main, run_units
 from experiments.common.score_nets import (
     CACHE_DIR,
     NetSpec,
     aggregate,
+    cell,
     data_log_likelihood,
+    effect_cell,
     measure,
+    paired_effect,
     reference,
     sampler_spec,
     train_config,
@@ -47,11 +50,11 @@ NAME = "gmm_pruning"
 
 # -- configuration ----------------------------------------------------------------------------
 # The base network is the widest network of the quick Fig. 3a grid at n = 32 (the same
-# config and seed, so its training checkpoint is shared): it memorizes about half its
-# samples. Importance uses 32 batches of 256, as many as a few epochs of the DiT study.
+# config and seeds, so its training checkpoints are shared): it memorizes most of its
+# samples. Importance uses 32 batches of 128, as many as a few epochs of the DiT study.
 PROFILES = {
     "smoke": {
-        "seed": 0, "seeds": 1, "device": "cpu", "cache": False, "d": 4, "K": 8,
+        "seed": 0, "seeds": 2, "workers": 1, "device": "cpu", "cache": False, "d": 4, "K": 8,
         "mean_std": 2.0, "n": 8, "width": 16, "depth": 2, "emb_dim": 16,
         "steps": 60, "batch": 64, "lr": 2e-3, "weight_decay": 0.0, "t0": 1e-3, "T": 8.0,
         "etas": [0.0, 0.5], "methods": ["mask_gradient", "random"],
@@ -59,15 +62,15 @@ PROFILES = {
         "samples": 64, "sampler_steps": 20, "data_ll_draws": 1000,
     },
     "quick": {
-        "seed": 0, "seeds": 1, "device": "cpu", "cache": True, "d": 32, "K": 8,
+        "seed": 0, "seeds": 3, "workers": 2, "device": "cpu", "cache": True, "d": 32, "K": 8,
         "mean_std": 2.0, "n": 32, "width": 512, "depth": 3, "emb_dim": 16,
-        "steps": 3000, "batch": 256, "lr": 2e-3, "weight_decay": 0.0, "t0": 1e-3, "T": 8.0,
+        "steps": 3000, "batch": 128, "lr": 2e-3, "weight_decay": 0.0, "t0": 1e-3, "T": 8.0,
         "etas": [0.0, 0.2, 0.4, 0.6, 0.8], "methods": ["mask_gradient", "magnitude", "random"],
         "importance_batches": 32, "finetune_steps": 1000, "finetune_lr": 1e-3,
         "samples": 500, "sampler_steps": 200, "data_ll_draws": 20000,
     },
     "paper": {
-        "seed": 0, "seeds": 3, "device": "auto", "cache": True, "d": 32, "K": 8,
+        "seed": 0, "seeds": 3, "workers": 1, "device": "auto", "cache": True, "d": 32, "K": 8,
         "mean_std": 2.0, "n": 1000, "width": 2048, "depth": 4, "emb_dim": 32,
         "steps": 100000, "batch": 1024, "lr": 1e-3, "weight_decay": 0.0, "t0": 1e-3, "T": 8.0,
         "etas": [0.0, 0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8],
@@ -103,21 +106,104 @@ def prune_and_finetune(config: dict, eta: float, method: str, seed: int) -> dict
 
 
 def compute(config: dict, units: Units) -> dict:
-    """Every (eta, method, seed), eta = 0 once per seed (the fine-tuning-only control)."""
-    runs = []
-    for s in range(config["seeds"]):
-        for eta in config["etas"]:
-            for method in config["methods"][: 1 if eta == 0 else None]:
-                rep = units.get(f"eta={eta}/{method}/s={s}",
-                                lambda a=(eta, method, s): prune_and_finetune(config, *a))
-                runs.append({"eta": eta, "method": method if eta else "none", "seed": s, **rep})
+    """Every (eta, method, seed), eta = 0 once per seed (the fine-tuning-only control), in
+    ``workers`` processes: first the controls (they train the base networks, which the
+    pruned ones then share through the checkpoint cache), then the rest."""
+    seeds = range(config["seeds"])
+    controls = [(f"eta={config['etas'][0]}/{config['methods'][0]}/s={s}", prune_and_finetune,
+                 (config, config["etas"][0], config["methods"][0], s)) for s in seeds]
+    pruned = [(f"eta={eta}/{method}/s={s}", prune_and_finetune, (config, eta, method, s))
+              for s in seeds for eta in config["etas"][1:] for method in config["methods"]]
+    if config["etas"][0] != 0:
+        raise ValueError(f"etas must start with 0 (the control), got {config['etas']}")
+    done = run_units(units, controls, config["workers"], "base networks + control")
+    done |= run_units(units, pruned, config["workers"], "pruned + fine-tuned")
+    runs = [{"eta": eta, "method": method if eta else "none", "seed": s, **done[key]}
+            for key, _, (_, eta, method, s) in controls + pruned]
     mixture = paper_mixture(config["d"], config["K"], config["mean_std"], seed=config["seed"])
-    refs = {kind: [units.get(f"ref/{kind}/s={s}", lambda k=kind, s=s: reference(
+    refs = {kind: [{"seed": s, **units.get(f"ref/{kind}/s={s}", lambda k=kind, s=s: reference(
         k, training_set(mixture, config["n"], s), mixture, sampler_spec(config), s,
-        config["device"])) for s in range(config["seeds"])] for kind in ("empirical", "true")}
+        config["device"]))} for s in seeds] for kind in ("empirical", "true")}
     return {"runs": runs, "references": refs,
             "data_log_likelihood": data_log_likelihood(mixture, config["data_ll_draws"],
                                                        config["seed"])}
+
+
+# -- what the notes quote (figures/claims.py) ----------------------------------------------------
+
+
+def reports(result: dict, eta: float, method: str, phase: str) -> list[dict]:
+    """The per-seed reports of one (eta, method) in one phase ("before_finetune",
+    "after_finetune"), each with its "seed"; eta = 0 is the unpruned control."""
+    return [{"seed": x["seed"], **x[phase]} for x in result["results"]["runs"]
+            if x["eta"] == eta and x["method"] == (method if eta else "none")]
+
+
+def facts(result: dict) -> dict[str, float]:
+    """Per (eta, method, phase): memorization ratio and log-likelihood over seeds (mean,
+    95% interval); paired effects after fine-tuning: each pruned network - the control,
+    importance - random; parameters left."""
+    cfg, r = result["config"], result["results"]
+    out: dict[str, float] = {}
+    for eta in cfg["etas"]:
+        for method in cfg["methods"][: 1 if eta == 0 else None]:
+            name = f"eta={eta:g}/{method if eta else 'none'}"
+            for phase in ("before_finetune", "after_finetune"):
+                for field, value in aggregate(reports(result, eta, method, phase)).items():
+                    if isinstance(value, float):
+                        out[f"{field}/{name}/{phase}"] = value
+            params = [x["num_params"] for x in r["runs"]
+                      if x["eta"] == eta and x["method"] == (method if eta else "none")]
+            out[f"params_min/{name}"], out[f"params_max/{name}"] = min(params), max(params)
+    control = reports(result, 0.0, cfg["methods"][0], "after_finetune")
+    base = reports(result, 0.0, cfg["methods"][0], "before_finetune")
+    e = paired_effect(control, base)
+    for k in ("value", "low", "high", "positive", "n"):
+        out[f"effect/control-base/ratio/{k}"] = e[k]
+    after = [x["after_finetune"]["log_likelihood"] for x in r["runs"] if x["eta"] > 0]
+    out["ll_after_min"], out["ll_after_max"] = min(after), max(after)
+    for eta in cfg["etas"][1:]:
+        for method in cfg["methods"]:
+            for field, short in (("memorization_ratio", "ratio"), ("log_likelihood", "ll")):
+                e = paired_effect(reports(result, eta, method, "after_finetune"), control, field)
+                for k in ("value", "low", "high", "positive", "n"):
+                    out[f"effect/eta={eta:g}/{method}-control/{short}/{k}"] = e[k]
+        if {"mask_gradient", "random"} <= set(cfg["methods"]):
+            e = paired_effect(reports(result, eta, "mask_gradient", "after_finetune"),
+                              reports(result, eta, "random", "after_finetune"))
+            for k in ("value", "low", "high", "positive", "n"):
+                out[f"effect/eta={eta:g}/mask_gradient-random/ratio/{k}"] = e[k]
+    for kind in ("empirical", "true"):
+        for field, value in aggregate(r["references"][kind]).items():
+            if isinstance(value, float):
+                out[f"{field}/exact_{kind}"] = value
+    out["data_ll"] = r["data_log_likelihood"]["value"]
+    return out
+
+
+def blocks(result: dict) -> dict[str, str]:
+    """The memorization table (right after pruning -> after fine-tuning, per eta and
+    importance) and the paired effects against the control."""
+    cfg = result["config"]
+    header = ["eta"] + [LABELS[m] for m in cfg["methods"]]
+    lines = ["| " + " | ".join(header) + " |", "|" + " --- |" * len(header)]
+    control = reports(result, 0.0, cfg["methods"][0], "after_finetune")
+    base = reports(result, 0.0, cfg["methods"][0], "before_finetune")
+    lines.append(f"| 0 (control) | {cell(base)} → {cell(control)} |" + " |" * (len(header) - 2))
+    for eta in cfg["etas"][1:]:
+        row = [f"{eta:g}"] + [f"{cell(reports(result, eta, m, 'before_finetune'))} → "
+                              f"{cell(reports(result, eta, m, 'after_finetune'))}"
+                              for m in cfg["methods"]]
+        lines.append("| " + " | ".join(row) + " |")
+    out = {"memorization": "\n".join(lines)}
+    header = ["eta"] + [f"{LABELS[m]} − control" for m in cfg["methods"]]
+    lines = ["| " + " | ".join(header) + " |", "|" + " --- |" * len(header)]
+    for eta in cfg["etas"][1:]:
+        row = [f"{eta:g}"] + [effect_cell(paired_effect(reports(result, eta, m, "after_finetune"),
+                                                         control)) for m in cfg["methods"]]
+        lines.append("| " + " | ".join(row) + " |")
+    out["effects"] = "\n".join(lines)
+    return out
 
 
 # -- drawing from the JSON ------------------------------------------------------------------------
@@ -134,17 +220,15 @@ def plot(result: dict, stem) -> list:
         color = COLORS[i % len(COLORS)]
         for phase, ls, suffix in (("after_finetune", "-", ""),
                                   ("before_finetune", ":", ", before fine-tuning")):
-            rows = []
-            for eta in etas:
-                runs = [x for x in r["runs"] if x["eta"] == eta
-                        and x["method"] == (method if eta else "none")]
-                rows.append(aggregate([x[phase] for x in runs]))
+            rows = [aggregate(reports(result, eta, method, phase)) for eta in etas]
             ratio = np.array([a["ratio"] for a in rows])
             err = [ratio - [a["ratio_low"] for a in rows], [a["ratio_high"] for a in rows] - ratio]
             label = LABELS[method] + suffix
             axes[0, 0].errorbar(etas, ratio, yerr=err, color=color, ls=ls, marker="o", ms=3,
                                 capsize=2, label=label)
-            axes[0, 1].errorbar(etas, [a["ll"] for a in rows], yerr=[a["ll_err"] for a in rows],
+            ll = np.array([a["ll"] for a in rows])
+            axes[0, 1].errorbar(etas, ll, yerr=[ll - [a["ll_low"] for a in rows],
+                                                [a["ll_high"] for a in rows] - ll],
                                 color=color, ls=ls, marker="o", ms=3, capsize=2, label=label)
     for kind, ls in (("empirical", "--"), ("true", "-.")):
         a = aggregate(r["references"][kind])
@@ -164,8 +248,8 @@ def plot(result: dict, stem) -> list:
                loc="upper center", bbox_to_anchor=(0.5, 0.0))
     caption(fig, f"{result['profile']} profile. Solid: after {cfg['finetune_steps']} fine-tuning "
                  f"steps; dotted: right after pruning. eta = 0 is the unpruned network with the "
-                 f"same fine-tuning. {cfg['seeds']} seed(s); bars: 95% Wilson intervals (1 seed) "
-                 f"or +-1 std over seeds.", y=-0.16)
+                 f"same fine-tuning. Bars: 95% intervals over {cfg['seeds']} training seed(s) "
+                 f"(never narrower than the sampling noise).", y=-0.16)
     return save_figure(fig, stem)
 
 

@@ -29,22 +29,25 @@ import sys
 
 import numpy as np
 from matplotlib import colormaps
-from tqdm import tqdm
 
 from experiments.common.plotting import COLORS, caption, log_ticks, new_figure, save_figure
-from experiments.common.runs import Units, main
+from experiments.common.runs import Units, main, run_units
 from experiments.common.score_nets import (
     CACHE_DIR,
     NetSpec,
     aggregate,
+    cell,
     data_log_likelihood,
+    effect_cell,
     measure,
+    paired_effect,
     reference,
     sampler_spec,
     train_config,
     train_score_net,
     training_set,
 )
+from experiments.common.stats import seed_interval, slope_over_seeds
 from theory.mixtures import paper_mixture
 from theory.networks import mlp_param_count
 
@@ -56,28 +59,34 @@ NAME = "gmm_sweeps"
 # width 256, 3,000 steps: memorization ratio 0.85 vs 0.54).
 # ``widths`` x ``ns`` is the grid of Fig. 3a (left); its rows at ``width_ns`` are Fig. 3b
 # (left) and its column at ``wd_width`` is the weight decay 0 point of Fig. 3b (right).
+# quick: 3 training seeds, so that effects are shown over training runs, not samples; batch
+# 128 (a pilot memorized as much as at batch 256 for the same 3,000 steps, at two thirds of
+# the cost); ``workers`` processes train networks side by side (experiments/common/runs.py).
+# The d panel stops at n = 64: at n = 256 no d memorized more than the rule's chance level
+# (3 seeds, an earlier run of this grid), and its 9 networks kept the whole quick profile
+# above 30 minutes.
 PROFILES = {
     "smoke": {
-        "seed": 0, "seeds": 1, "device": "cpu", "cache": False, "K": 8, "mean_std": 2.0,
-        "d_main": 4, "ns": [8, 16], "widths": [8, 16], "depth": 2, "emb_dim": 16,
+        "seed": 0, "seeds": 2, "workers": 1, "device": "cpu", "cache": False, "K": 8,
+        "mean_std": 2.0, "d_main": 4, "ns": [8, 16], "widths": [8, 16], "depth": 2, "emb_dim": 16,
         "ds": [2, 4], "d_ns": [8, 16], "d_width": 16,
         "width_ns": [8, 16], "wd_ns": [8, 16], "wd_width": 16, "weight_decays": [0.0, 1.0],
         "steps": 60, "batch": 64, "lr": 2e-3, "weight_decay": 0.0, "t0": 1e-3, "T": 8.0,
         "samples": 64, "sampler_steps": 20, "data_ll_draws": 1000,
     },
     "quick": {
-        "seed": 0, "seeds": 1, "device": "cpu", "cache": True, "K": 8, "mean_std": 2.0,
-        "d_main": 32, "ns": [16, 32, 64, 128, 256], "widths": [64, 128, 256, 512],
+        "seed": 0, "seeds": 3, "workers": 2, "device": "cpu", "cache": True, "K": 8,
+        "mean_std": 2.0, "d_main": 32, "ns": [16, 32, 64, 128, 256], "widths": [64, 128, 256, 512],
         "depth": 3, "emb_dim": 16,
-        "ds": [8, 16, 32, 64], "d_ns": [16, 64, 256], "d_width": 256,
+        "ds": [8, 16, 32, 64], "d_ns": [16, 64], "d_width": 256,
         "width_ns": [32, 128], "wd_ns": [32, 128], "wd_width": 256,
         "weight_decays": [0.0, 0.1, 0.3, 1.0, 3.0],
-        "steps": 3000, "batch": 256, "lr": 2e-3, "weight_decay": 0.0, "t0": 1e-3, "T": 8.0,
+        "steps": 3000, "batch": 128, "lr": 2e-3, "weight_decay": 0.0, "t0": 1e-3, "T": 8.0,
         "samples": 500, "sampler_steps": 200, "data_ll_draws": 20000,
     },
     "paper": {
-        "seed": 0, "seeds": 3, "device": "auto", "cache": True, "K": 8, "mean_std": 2.0,
-        "d_main": 32, "ns": [1000, 3200, 10000, 32000, 100000],
+        "seed": 0, "seeds": 3, "workers": 1, "device": "auto", "cache": True, "K": 8,
+        "mean_std": 2.0, "d_main": 32, "ns": [1000, 3200, 10000, 32000, 100000],
         "widths": [74, 256, 1024, 2048, 3840], "depth": 4, "emb_dim": 32,  # 24K-44.6M params
         "ds": [8, 16, 32, 64], "d_ns": [1000, 3200, 10000, 32000, 100000], "d_width": 1984,
         "width_ns": [3200, 10000], "wd_ns": [3200, 10000], "wd_width": 1984,
@@ -127,22 +136,21 @@ def run_references(config: dict, d: int, n: int, seed: int) -> dict:
 
 
 def compute(config: dict, units: Units) -> dict:
-    """All networks and references, one resumable unit each, as flat records."""
-    nets, refs = [], []
-    todo = [(job, s) for job in jobs(config) for s in range(config["seeds"])]
-    bar = tqdm(todo, desc="score networks")
-    for (d, n, width, wd), s in bar:
-        bar.set_postfix_str(f"d={d} n={n} width={width} wd={wd} seed={s}")
-        rep = units.get(f"net/d={d}/n={n}/w={width}/wd={wd}/s={s}",
-                        lambda a=(d, n, width, wd, s): run_network(config, *a))
-        nets.append({"d": d, "n": n, "width": width, "weight_decay": wd, "seed": s,
-                     "num_params": num_params(config, d, width), **rep})
+    """All networks and references for every seed, one resumable unit each (run in
+    ``workers`` processes), as flat records."""
+    seeds = range(config["seeds"])
+    tasks = [(f"net/d={d}/n={n}/w={width}/wd={wd}/s={s}", run_network, (config, d, n, width, wd, s))
+             for d, n, width, wd in jobs(config) for s in seeds]
+    done = run_units(units, tasks, config["workers"], "score networks")
+    nets = [{"d": d, "n": n, "width": width, "weight_decay": wd, "seed": s,
+             "num_params": num_params(config, d, width), **done[key]}
+            for key, _, (_, d, n, width, wd, s) in tasks]
     pairs = sorted({(d, n) for d, n, _, _ in jobs(config)})
-    for (d, n), s in tqdm([(p, s) for p in pairs for s in range(config["seeds"])],
-                          desc="exact references"):
-        rep = units.get(f"ref/d={d}/n={n}/s={s}", lambda a=(d, n, s): run_references(config, *a))
-        for kind, r in rep.items():
-            refs.append({"d": d, "n": n, "seed": s, "kind": kind, **r})
+    tasks = [(f"ref/d={d}/n={n}/s={s}", run_references, (config, d, n, s))
+             for d, n in pairs for s in seeds]
+    done = run_units(units, tasks, config["workers"], "exact references")
+    refs = [{"d": d, "n": n, "seed": s, "kind": kind, **r}
+            for key, _, (_, d, n, s) in tasks for kind, r in done[key].items()]
     data_ll = {}
     for d in sorted({p[0] for p in pairs}):
         mixture = paper_mixture(d, config["K"], config["mean_std"], seed=config["seed"])
@@ -167,12 +175,162 @@ def reference_checks(refs: list[dict], data_ll: dict) -> dict:
     return out
 
 
-# -- drawing from the JSON ------------------------------------------------------------------------
+# -- what the notes quote (figures/claims.py renders it into README.md and paper_notes/) ----------
 
 
 def select(records: list[dict], **match) -> list[dict]:
     """The records whose fields equal ``match``."""
     return [r for r in records if all(r[k] == v for k, v in match.items())]
+
+
+def transition_n(ns: list[int], ratios: list[float], level: float = 0.5) -> float | None:
+    """The n at which one seed's memorization ratio first falls below ``level`` along the
+    grid ``ns``, interpolated linearly in log n; None if it does not cross inside the grid."""
+    points = list(zip(ns, ratios, strict=True))
+    for (n0, r0), (n1, r1) in zip(points, points[1:], strict=False):
+        if r0 >= level > r1:
+            u = (r0 - level) / (r0 - r1)
+            return float(np.exp(np.log(n0) + u * (np.log(n1) - np.log(n0))))
+    return None
+
+
+def effects(result: dict) -> dict[str, dict]:
+    """Paired effects over training seeds (same training set and initialization), each a
+    ``paired_effect`` dict: widest - narrowest width at each n of Fig. 3b (memorization and
+    log-likelihood), and each weight decay - no weight decay at each n of Fig. 3b."""
+    cfg, nets = result["config"], result["results"]["networks"]
+    d, base, widths = cfg["d_main"], cfg["weight_decay"], cfg["widths"]
+    out = {}
+    for n in cfg["width_ns"]:
+        wide = select(nets, d=d, n=n, width=max(widths), weight_decay=base)
+        narrow = select(nets, d=d, n=n, width=min(widths), weight_decay=base)
+        for field, short in (("memorization_ratio", "ratio"), ("log_likelihood", "ll")):
+            out[f"width{max(widths)}-{min(widths)}/n={n}/{short}"] = paired_effect(
+                wide, narrow, field)
+    for n in cfg["wd_ns"]:
+        none = select(nets, d=d, n=n, width=cfg["wd_width"], weight_decay=base)
+        for wd in cfg["weight_decays"]:
+            if wd == base:
+                continue
+            some = select(nets, d=d, n=n, width=cfg["wd_width"], weight_decay=wd)
+            for field, short in (("memorization_ratio", "ratio"), ("log_likelihood", "ll")):
+                out[f"wd={wd:g}-{base:g}/n={n}/{short}"] = paired_effect(some, none, field)
+    return out
+
+
+def transitions(result: dict) -> dict:
+    """Fig. 3a (left): per width, the n where memorization falls through 0.5, per seed and
+    over seeds; and the slope of log n_half on log width, per seed then over seeds."""
+    cfg, nets = result["config"], result["results"]["networks"]
+    per_width, xs, ys, ss = {}, [], [], []
+    for w in cfg["widths"]:
+        values = []
+        for s in range(cfg["seeds"]):
+            rows = [select(nets, d=cfg["d_main"], n=n, width=w, weight_decay=cfg["weight_decay"],
+                           seed=s)[0]["memorization_ratio"] for n in cfg["ns"]]
+            values.append(transition_n(cfg["ns"], rows))
+        found = [v for v in values if v is not None]
+        per_width[w] = {"per_seed": values, "found": len(found),
+                        "mean": float(np.mean(found)) if found else None}
+        if len(found) >= 2:
+            per_width[w].update(seed_interval(found).to_dict())
+        for s, v in enumerate(values):
+            if v is not None:
+                xs.append(np.log(w))
+                ys.append(np.log(v))
+                ss.append(s)
+    slope = None
+    if len(set(ss)) >= 2 and all(ss.count(s) >= 2 for s in set(ss)):
+        slope = slope_over_seeds(xs, ys, ss).to_dict()
+    return {"per_width": per_width, "slope": slope}
+
+
+def facts(result: dict) -> dict[str, float]:
+    """Named numbers the notes quote: every cell (mean and 95% interval over seeds) of
+    memorization ratio and log-likelihood, the paired effects, the transition n and the
+    references' extremes."""
+    cfg, r = result["config"], result["results"]
+    out: dict[str, float] = {}
+    for d, n, w, wd in jobs(cfg):
+        a = aggregate(select(r["networks"], d=d, n=n, width=w, weight_decay=wd))
+        key = f"d={d}/n={n}/w={w}/wd={wd:g}"
+        for field in ("ratio", "ratio_low", "ratio_high", "ll", "ll_low", "ll_high"):
+            out[f"{field}/{key}"] = a[field]
+    for name, e in effects(result).items():
+        for field in ("value", "low", "high", "positive", "n"):
+            out[f"effect/{name}/{field}"] = e[field]
+    t = transitions(result)
+    for w, v in t["per_width"].items():
+        for field in ("mean", "low", "high", "found"):
+            if v.get(field) is not None:
+                out[f"n_half/w={w}/{field}"] = v[field]
+    if t["slope"] is not None:
+        for field in ("value", "low", "high"):
+            out[f"n_half_slope/{field}"] = t["slope"][field]
+    refs = r["references"]
+    for d in sorted({x["d"] for x in refs}):
+        true = [x["memorization_ratio"] for x in refs if x["d"] == d and x["kind"] == "true"]
+        out[f"true_ratio_max/d={d}"] = max(true)
+    for x in refs:
+        key = f"ref_ll/{x['kind']}/d={x['d']}/n={x['n']}"
+        out[key] = aggregate(select(refs, kind=x["kind"], d=x["d"], n=x["n"]))["ll"]
+    out["true_ratio_max"] = max(x["memorization_ratio"] for x in refs if x["kind"] == "true")
+    out["empirical_ratio_min"] = min(x["memorization_ratio"] for x in refs
+                                     if x["kind"] == "empirical")
+    out["data_ll"] = r["data_log_likelihood"][str(cfg["d_main"])]["value"]
+    out["data_ll_se"] = r["data_log_likelihood"][str(cfg["d_main"])]["stderr"]
+    return out
+
+
+def _table(header: list[str], rows: list[list[str]]) -> str:
+    lines = ["| " + " | ".join(header) + " |", "|" + " --- |" * len(header)]
+    return "\n".join(lines + ["| " + " | ".join(row) + " |" for row in rows])
+
+
+def blocks(result: dict) -> dict[str, str]:
+    """Markdown tables of Figs. 3a and 3b and of the paired effects (figures/claims.py)."""
+    cfg, r = result["config"], result["results"]
+    nets, d, base = r["networks"], cfg["d_main"], cfg["weight_decay"]
+
+    def mem(**match) -> str:
+        return cell(select(nets, **match))
+
+    def both(**match) -> str:
+        return f"{cell(select(nets, **match))} / {cell(select(nets, **match), 'll', '.1f')}"
+
+    out = {}
+    rows = [[f"{w} ({num_params(cfg, d, w) / 1e3:.0f}K)"]
+            + [mem(d=d, n=n, width=w, weight_decay=base) for n in cfg["ns"]]
+            for w in cfg["widths"]]
+    for kind in ("empirical", "true"):
+        rows.append([f"exact {kind} score"] + [cell(select(r["references"], d=d, n=n, kind=kind))
+                                               for n in cfg["ns"]])
+    out["fig3a_width"] = _table(["width (params)"] + [f"n = {n}" for n in cfg["ns"]], rows)
+    rows = [[str(dd)] + [mem(d=dd, n=n, width=cfg["d_width"], weight_decay=base)
+                         for n in cfg["d_ns"]] for dd in cfg["ds"]]
+    rows += [[f"exact true score, d = {dd}"] + [cell(select(r["references"], d=dd, n=n,
+                                                            kind="true")) for n in cfg["d_ns"]]
+             for dd in cfg["ds"]]
+    out["fig3a_d"] = _table(["d"] + [f"n = {n}" for n in cfg["d_ns"]], rows)
+    out["fig3b_width"] = _table(
+        ["memorization / log-likelihood"] + [f"width {w}" for w in cfg["widths"]],
+        [[f"n = {n}"] + [both(d=d, n=n, width=w, weight_decay=base) for w in cfg["widths"]]
+         for n in cfg["width_ns"]])
+    out["fig3b_wd"] = _table(
+        [f"weight decay (width {cfg['wd_width']})"] + [f"{wd:g}" for wd in cfg["weight_decays"]],
+        [[f"n = {n}"] + [both(d=d, n=n, width=cfg["wd_width"], weight_decay=wd)
+                         for wd in cfg["weight_decays"]] for n in cfg["wd_ns"]])
+    rows = []
+    for name, e in effects(result).items():
+        what, n, field = name.split("/")
+        label = {"ratio": "memorization ratio", "ll": "log-likelihood"}[field]
+        rows.append([f"{what.replace('-', ' − ')}, {n.replace('=', ' = ')}", label,
+                     effect_cell(e, "+.2f" if field == "ratio" else "+.1f")])
+    out["effects"] = _table(["paired by seed", "on", "difference [95% CI], seeds > 0"], rows)
+    return out
+
+
+# -- drawing from the JSON ------------------------------------------------------------------------
 
 
 def curve(records: list[dict], key: str, values: list, **match) -> dict[str, np.ndarray]:
@@ -203,7 +361,9 @@ def grid_caption(result: dict) -> str:
             f"{cfg['samples']} samples per network, {cfg['seeds']} seed(s)")
     if result["profile"] != "paper":
         text += "; the paper: n = 1K-100K, 24K-44M parameters"
-    return text + ". Bars: 95% Wilson intervals (1 seed) or +-1 std over seeds."
+    bars = ("95% intervals over training seeds (never narrower than the sampling noise)"
+            if cfg["seeds"] > 1 else "95% sampling intervals of one training seed")
+    return text + f". Bars: {bars}."
 
 
 def plot(result: dict, stem) -> list:
@@ -252,7 +412,8 @@ def plot(result: dict, stem) -> list:
             c = curve(nets, key, xs, d=d, n=n, **fixed)
             color = COLORS[i % len(COLORS)]
             draw_ratio(ax, xs, c, color, f"n = {n}: memorization ratio")
-            twin.errorbar(xs, c["ll"], yerr=c["ll_err"], color=color, ls="--", marker="s",
+            twin.errorbar(xs, c["ll"], yerr=[c["ll"] - c["ll_low"], c["ll_high"] - c["ll"]],
+                          color=color, ls="--", marker="s",
                           ms=2.5, capsize=2, label=f"n = {n}: log-likelihood")
         twin.axhline(data_ll, color="k", ls=":", lw=1, label="E log p(X) (exact)")
         twin.set_ylabel("mean log-likelihood (dashed)")

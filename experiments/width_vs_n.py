@@ -23,14 +23,13 @@ import sys
 import numpy as np
 import torch
 from matplotlib import colormaps
-from scipy import stats
-from tqdm import tqdm
 
-from experiments.common.plotting import COLORS, new_figure, save_figure
-from experiments.common.runs import Units, main, resolve_device
+from experiments.common.plotting import COLORS, caption, new_figure, save_figure
+from experiments.common.runs import Units, main, resolve_device, run_units
+from experiments.common.stats import format_interval, slope_interval
 from theory.capacity import FitBudget, fit_width_sweep, smallest_width
 from theory.empirical import EmpiricalScore
-from theory.mixtures import GaussianMixture, paper_mixture
+from theory.mixtures import paper_mixture
 from theory.process import generator
 
 NAME = "width_vs_n"
@@ -41,22 +40,22 @@ NAME = "width_vs_n"
 # Depth >= 2 needs far fewer units, so its grid stops at max_width_deep.
 PROFILES = {
     "smoke": {
-        "seed": 0, "device": "cpu", "dtype": "float32", "d": 4, "K": 4, "mean_std": 2.0,
-        "ns": [4, 8],
+        "seed": 0, "workers": 1, "device": "cpu", "dtype": "float32", "d": 4, "K": 4,
+        "mean_std": 2.0, "ns": [4, 8],
         "widths": [2, 4, 8, 16], "max_width_deep": 16, "depths": [1], "seeds": 2,
         "t_main": 0.2, "t_small": 0.05, "eps": 0.25,
         "steps": 300, "batch": 64, "lr": 1e-2, "eval_draws": 256,
     },
     "quick": {
-        "seed": 0, "device": "cpu", "dtype": "float32", "d": 8, "K": 8, "mean_std": 2.0,
-        "ns": [4, 8, 16, 32, 64],
+        "seed": 0, "workers": 2, "device": "cpu", "dtype": "float32", "d": 8, "K": 8,
+        "mean_std": 2.0, "ns": [4, 8, 16, 32, 64],
         "widths": [2, 4, 8, 16, 32, 64, 128, 256, 512, 1024], "max_width_deep": 256,
-        "depths": [1, 2], "seeds": 2, "t_main": 0.2, "t_small": 0.05, "eps": 0.25,
+        "depths": [1, 2], "seeds": 3, "t_main": 0.2, "t_small": 0.05, "eps": 0.25,
         "steps": 1500, "batch": 256, "lr": 3e-3, "eval_draws": 2048,
     },
     "paper": {
-        "seed": 0, "device": "auto", "dtype": "float32", "d": 8, "K": 8, "mean_std": 2.0,
-        "ns": [4, 8, 16, 32, 64, 128, 256, 512, 1024],
+        "seed": 0, "workers": 1, "device": "auto", "dtype": "float32", "d": 8, "K": 8,
+        "mean_std": 2.0, "ns": [4, 8, 16, 32, 64, 128, 256, 512, 1024],
         "widths": [2, 4, 8, 16, 32, 64, 128, 256, 512, 1024, 2048, 4096, 8192],
         "max_width_deep": 2048, "depths": [1, 2, 3], "seeds": 5, "t_main": 0.2,
         "t_small": 0.05, "eps": 0.25, "steps": 20000, "batch": 512, "lr": 2e-3,
@@ -74,9 +73,9 @@ def widths_for(config: dict, depth: int) -> list[int]:
 # -- one width sweep ------------------------------------------------------------------------------
 
 
-def sweep(config: dict, mixture: GaussianMixture, n: int, target: str, depth: int, t: float,
-          seed: int) -> dict:
+def sweep(config: dict, n: int, target: str, depth: int, t: float, seed: int) -> dict:
     """Fit all widths of a depth to one target on training set (n, seed); errors r per width."""
+    mixture = paper_mixture(config["d"], config["K"], config["mean_std"], seed=config["seed"])
     # Training sets are drawn in float64 on the CPU (same numbers everywhere), then cast.
     device, dtype = resolve_device(config["device"]), getattr(torch, config["dtype"])
     points = mixture.sample(n, generator(config["seed"], n, seed)).to(device, dtype)
@@ -100,16 +99,12 @@ def slope_fit(ns: list[int], widths: list[list[float]]) -> dict:
     x = [math.log(n) for n, ws in zip(ns, widths, strict=True) for w in ws if math.isfinite(w)]
     y = [math.log(w) for ws in widths for w in ws if math.isfinite(w)]
     missing = sum(not math.isfinite(w) for ws in widths for w in ws)
-    if len(set(x)) < 2:
+    if len(set(x)) < 2 or len(x) < 3:  # a t-interval needs a residual degree of freedom
         return {"slope": None, "ci_low": None, "ci_high": None, "points": len(x),
                 "not_reached": missing}
-    fit = stats.linregress(x, y)
-    out = {"slope": fit.slope, "intercept": fit.intercept, "ci_low": None, "ci_high": None,
-           "points": len(x), "not_reached": missing}
-    if len(x) > 2:  # a t-interval needs a residual degree of freedom
-        half = stats.t.ppf(0.975, len(x) - 2) * fit.stderr
-        out.update(ci_low=fit.slope - half, ci_high=fit.slope + half)
-    return out
+    fit = slope_interval(x, y)
+    return {"slope": fit.value, "ci_low": fit.low, "ci_high": fit.high, "points": len(x),
+            "not_reached": missing}
 
 
 # -- the whole figure -----------------------------------------------------------------------------
@@ -117,17 +112,17 @@ def slope_fit(ns: list[int], widths: list[list[float]]) -> dict:
 
 def compute(config: dict, units: Units) -> dict:
     """Every number of the figure; one unit per (panel, target, depth, n, seed)."""
-    mix = paper_mixture(config["d"], config["K"], config["mean_std"], seed=config["seed"])
     panels = {"main": (config["t_main"], config["depths"]), "small_t": (config["t_small"], [1])}
     jobs = [(p, tgt, depth, n, s) for p, (_, depths) in panels.items() for tgt in TARGETS
             for depth in depths for n in config["ns"] for s in range(config["seeds"])]
+    key = "{}/{}/L={}/n={}/s={}".format
+    done = run_units(units, [(key(p, tgt, depth, n, s), sweep,
+                              (config, n, tgt, depth, panels[p][0], s))
+                             for p, tgt, depth, n, s in jobs], config["workers"], "width sweeps")
     result: dict = {"panels": {}}
-    bar = tqdm(jobs, desc="width sweeps")
-    for panel, target, depth, n, s in bar:
-        bar.set_postfix_str(f"{panel} {target} L={depth} n={n} seed={s}")
+    for panel, target, depth, n, s in jobs:
         t = panels[panel][0]
-        fit = units.get(f"{panel}/{target}/L={depth}/n={n}/s={s}",
-                        lambda a=(n, target, depth, t, s): sweep(config, mix, *a))
+        fit = done[key(panel, target, depth, n, s)]
         entry = result["panels"].setdefault(panel, {"t": t}).setdefault(
             f"{target}/L={depth}", {"widths": fit["widths"], "num_params": fit["num_params"],
                                     "ratio": {}, "smallest_width": {}})
@@ -146,6 +141,75 @@ def compute(config: dict, units: Units) -> dict:
                 for n, ws in entry["smallest_width"].items()
             }
     return result
+
+
+# -- what the notes quote (figures/claims.py) ----------------------------------------------------
+
+
+def _entries(result: dict):
+    """(panel, target, depth, entry) for every fitted line of the figure."""
+    for panel, data in result["results"]["panels"].items():
+        for key, entry in data.items():
+            if key != "t":
+                target, depth = key.split("/")
+                yield panel, target, depth, entry
+
+
+def _mean_width(ws: list) -> float | None:
+    """Arithmetic mean of W* over training sets, None if any fit never reached eps."""
+    return None if any(w is None for w in ws) else float(np.mean(ws))
+
+
+def facts(result: dict) -> dict[str, float]:
+    """Per fitted line ("<panel>/<target>/<depth>", e.g. "main/empirical/L=1"): the slope of
+    log W* on log n with its interval, the fits left out, W* (mean over training sets) at
+    each n and the local slopes between neighbouring n; the range of W* of the true score."""
+    out: dict[str, float] = {}
+    for panel, target, depth, entry in _entries(result):
+        line = f"{panel}/{target}/{depth}"
+        sl = entry["slope"]
+        for k in ("slope", "ci_low", "ci_high", "not_reached"):
+            if sl.get(k) is not None:
+                out[f"{line}/{k}"] = sl[k]
+        ns = [int(n) for n in entry["smallest_width"]]
+        means = [_mean_width(ws) for ws in entry["smallest_width"].values()]
+        for n, m in zip(ns, means, strict=True):
+            if m is not None:
+                out[f"{line}/W/n={n}"] = m
+        for (n0, m0), (n1, m1) in zip(zip(ns, means, strict=True),
+                                      list(zip(ns, means, strict=True))[1:], strict=False):
+            if m0 is not None and m1 is not None:
+                out[f"{line}/local_slope/n={n0}-{n1}"] = math.log(m1 / m0) / math.log(n1 / n0)
+        if target == "true":
+            ws = [w for v in entry["smallest_width"].values() for w in v if w is not None]
+            out[f"{line}/W_min"], out[f"{line}/W_max"] = min(ws), max(ws)
+            out["true_slopes"] = out.get("true_slopes", 0) + 1
+            excludes = sl["ci_low"] is not None and (sl["ci_low"] > 0 or sl["ci_high"] < 0)
+            out["true_slopes_excluding_zero"] = out.get("true_slopes_excluding_zero", 0) + excludes
+    return out
+
+
+def blocks(result: dict) -> dict[str, str]:
+    """The table of W* against n and the slopes, one row per fitted line."""
+    cfg = result["config"]
+    ns = cfg["ns"]
+    lines = [f"| target | depth | t | W* at n = {', '.join(map(str, ns))} (mean of "
+             f"{cfg['seeds']} training sets) | slope of log W* on log n [95% CI] |",
+             "| --- | --- | --- | --- | --- |"]
+    for panel, target, depth, entry in _entries(result):
+        t = result["results"]["panels"][panel]["t"]
+        cells = []
+        for ws in entry["smallest_width"].values():
+            m = _mean_width(ws)
+            cells.append(f"> {max(cfg['widths'])}" if m is None else f"{m:.3g}")
+        sl = entry["slope"]
+        slope = "—" if sl["slope"] is None else format_interval(sl["slope"], sl["ci_low"],
+                                                                  sl["ci_high"])
+        if sl["not_reached"]:
+            slope += f" ({sl['not_reached']} fits beyond the grid left out)"
+        lines.append(f"| {target} | {depth.split('=')[1]} | {t:g} | {', '.join(cells)} | "
+                     f"{slope} |")
+    return {"table": "\n".join(lines)}
 
 
 # -- drawing from the JSON ------------------------------------------------------------------------
@@ -206,6 +270,10 @@ def plot(result: dict, stem) -> list:
         ax.minorticks_off()
         ax.legend(fontsize=6.5, loc="upper center", bbox_to_anchor=(0.5, -0.2))
     fig.tight_layout()
+    caption(fig, f"{result['profile']} profile: d = {cfg['d']}, {cfg['seeds']} training sets per "
+                 f"n, {cfg['steps']} steps per fit. (b, c): geometric mean over training sets, "
+                 "bars the range; slopes: least squares on all (n, training set) points, 95% "
+                 "t-intervals.", y=-0.28)
     return save_figure(fig, stem)
 
 

@@ -190,23 +190,28 @@ class EmpiricalScore:
                 yield rb, cb, -diff.square().sum(dim=1) / (2 * _rows(s2, rb)[:, 0])
 
     def _refine(self, x: torch.Tensor, a: torch.Tensor, s2: torch.Tensor, post: _Posterior) -> None:
-        """Replace log_norm and mean of the refined rows by their exact-logit values."""
-        batch = x.shape[0]
+        """Replace log_norm and mean of the refined rows by their exact-logit values.
+
+        index_add adds a row's pairs one by one, so in float32 a weight below u/2 of the
+        running sum would be lost (up to n u / 2 of the mass in all); the sums are therefore
+        accumulated in float64, which keeps every pair the margin admits.
+        """
+        batch, wide = x.shape[0], torch.float64
         run_max = torch.full((batch,), -math.inf, dtype=x.dtype, device=x.device)
-        run_sum = torch.zeros(batch, dtype=x.dtype, device=x.device)
-        acc = torch.zeros((batch, self.d), dtype=x.dtype, device=x.device)
+        run_sum = torch.zeros(batch, dtype=wide, device=x.device)
+        acc = torch.zeros((batch, self.d), dtype=wide, device=x.device)
         for r, c, logits in self._exact(x, a, s2, post):
             new_max = run_max.scatter_reduce(0, r, logits, reduce="amax")
             # Rows without a pair so far keep -inf; their (empty) sums need no rescaling.
-            rescale = torch.where(new_max > -math.inf, torch.exp(run_max - new_max), 1.0)
-            p = torch.exp(logits - new_max[r])
+            rescale = torch.where(new_max > -math.inf, torch.exp(run_max - new_max), 1.0).to(wide)
+            p = torch.exp(logits - new_max[r]).to(wide)
             run_sum = (run_sum * rescale).index_add(0, r, p)
-            acc = (acc * rescale[:, None]).index_add(0, r, p[:, None] * self.points[c])
+            acc = (acc * rescale[:, None]).index_add(0, r, p[:, None] * self.points[c].to(wide))
             run_max = new_max
         done = post.refined
-        post.log_norm[done] = (run_max + run_sum.log())[done]
-        post.mean[done] = (acc / run_sum[:, None])[done]
-        post.exact_max, post.exact_sum = run_max, run_sum
+        post.log_norm[done] = (run_max + run_sum.log().to(x.dtype))[done]
+        post.mean[done] = (acc / run_sum[:, None]).to(x.dtype)[done]
+        post.exact_max, post.exact_sum = run_max, run_sum.to(x.dtype)
 
     # -- public quantities ----------------------------------------------------------------
 

@@ -197,7 +197,7 @@ def width_groups(
 class MLPEnsemble(nn.Module):
     """G ScoreMLPs of widths ``widths`` (same d, depth, embedding) trained as one model (§5).
 
-    Layout (chosen by measurement, see experiments/bench_ensemble.py): members are split
+    Layout (chosen by measurement, see experiments/benchmarks/ensemble.py): members are split
     into buckets (``width_groups``); a bucket of k members is padded to its widest member
     P and runs as one batched matmul per layer: (k, P, d + emb + 1) @ (d + emb + 1, batch)
     at the input (the input bias is the last column, multiplying a constant 1),

@@ -18,19 +18,23 @@ from __future__ import annotations
 
 import argparse
 import ast
+import importlib
 import json
+import multiprocessing
 import os
 import platform
 import subprocess
 import tempfile
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Sequence
+from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
 from pathlib import Path
 from types import ModuleType
 from typing import Any
 
 import numpy as np
 import torch
+from tqdm import tqdm
 
 __all__ = [
     "REPO_ROOT",
@@ -44,6 +48,7 @@ __all__ = [
     "main",
     "provenance",
     "resolve_device",
+    "run_units",
 ]
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
@@ -188,14 +193,85 @@ class Units:
 
     def get(self, key: str, fn: Callable[[], Any]) -> Any:
         if key not in self.done:
-            self.done[key] = _jsonable(fn())
-            if self.path is not None:
-                atomic_write_json(self.path, {"config": self.config, "units": self.done})
+            self.put(key, fn())
         return self.done[key]
+
+    def put(self, key: str, value: Any) -> None:
+        """Store a finished unit computed elsewhere (a worker process) and save the file."""
+        self.done[key] = _jsonable(value)
+        if self.path is not None:
+            atomic_write_json(self.path, {"config": self.config, "units": self.done})
 
     def discard(self) -> None:
         if self.path is not None:
             self.path.unlink(missing_ok=True)
+
+
+def _init_worker(threads: int) -> None:
+    torch.set_num_threads(threads)
+
+
+def _importable(fn: Callable) -> Callable:
+    """fn itself, or for a function of a script run as ``python -m pkg.mod`` the same
+    function imported from pkg.mod, which a worker process can find by name."""
+    if fn.__module__ != "__main__":
+        return fn
+    import __main__
+
+    spec = getattr(__main__, "__spec__", None)
+    if spec is None:
+        raise ValueError(f"run_units: {fn.__name__} lives in a script without a module name; "
+                         "run it as python -m package.module")
+    return getattr(importlib.import_module(spec.name), fn.__name__)
+
+
+def run_units(
+    units: Units, tasks: Sequence[tuple[str, Callable, tuple]], workers: int = 1,
+    desc: str = "units",
+) -> dict[str, Any]:
+    """Compute the unfinished ``tasks`` (key, fn, args) as units: fn(*args) for each key not
+    yet in ``units``, in ``workers`` processes; returns {key: value} for every task.
+
+    workers = 1 runs them here, in order. More workers split the machine's cores between
+    them (one torch thread each on 2 cores): independent small trainings then finish up
+    to 1.3-2x sooner than one process with all threads, whose small matmuls parallelize
+    badly. Each finished unit is stored at once, so an interrupted run resumes; fn must be
+    a module-level function and args picklable. The numbers of a unit depend only on its
+    args and seeds, not on which worker ran it, up to the float rounding of the thread
+    count (part of the config: ``workers``).
+    """
+    if workers < 1:
+        raise ValueError(f"workers must be >= 1, got {workers}")
+    keys = [key for key, _, _ in tasks]
+    if len(set(keys)) != len(keys):
+        raise ValueError("run_units: task keys must be unique")
+    todo = [(key, fn, args) for key, fn, args in tasks if key not in units.done]
+    bar = tqdm(total=len(tasks), initial=len(tasks) - len(todo), desc=desc)
+    if workers == 1 or len(todo) <= 1:
+        for key, fn, args in todo:
+            bar.set_postfix_str(key)
+            units.put(key, fn(*args))
+            bar.update(1)
+    else:
+        threads = max(1, torch.get_num_threads() // workers)
+        context = multiprocessing.get_context("spawn")  # no forked torch thread pools
+        with ProcessPoolExecutor(min(workers, len(todo)), mp_context=context,
+                                 initializer=_init_worker, initargs=(threads,)) as pool:
+            futures = {pool.submit(_importable(fn), *args): key for key, fn, args in todo}
+            pending = set(futures)
+            try:
+                while pending:
+                    done, pending = wait(pending, return_when=FIRST_COMPLETED)
+                    for future in done:
+                        units.put(futures[future], future.result())
+                        bar.set_postfix_str(futures[future])
+                        bar.update(1)
+            except BaseException:
+                for future in pending:
+                    future.cancel()
+                raise
+    bar.close()
+    return {key: units.done[key] for key in keys}
 
 
 def default_out_dir(profile: str) -> Path:

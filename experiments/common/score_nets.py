@@ -21,12 +21,17 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import torch
-from scipy import stats
 from torch import nn
 
 from experiments.common.metrics import mean_log_likelihood, nearest_ratio
 from experiments.common.runs import REPO_ROOT, resolve_device
 from experiments.common.sampling import sample
+from experiments.common.stats import (
+    format_interval,
+    paired_difference,
+    pooled_interval,
+    proportion_interval,
+)
 from experiments.common.training import TrainConfig, checkpoint_path, train
 from theory.empirical import EmpiricalScore
 from theory.mixtures import GaussianMixture
@@ -44,8 +49,10 @@ __all__ = [
     "train_score_net",
     "measure",
     "reference",
-    "wilson_interval",
     "aggregate",
+    "paired_effect",
+    "cell",
+    "effect_cell",
     "data_log_likelihood",
 ]
 
@@ -128,14 +135,6 @@ def train_score_net(
     return (ema if ema is not None else model).eval()
 
 
-def wilson_interval(hits: int, total: int, level: float = 0.95) -> tuple[float, float]:
-    """Wilson score interval of a binomial proportion hits / total (scipy's binomtest)."""
-    if total < 1 or not 0 <= hits <= total:
-        raise ValueError(f"need 0 <= hits <= total, total >= 1; got {hits}, {total}")
-    ci = stats.binomtest(hits, total).proportion_ci(level, method="wilson")
-    return min(float(ci.low), hits / total), max(float(ci.high), hits / total)
-
-
 def measure(
     score, points: torch.Tensor, mixture: GaussianMixture, sampler: SamplerSpec, seed: int,
     device: str = "auto", keep_samples: int = 0, threshold: float = 1 / 9,
@@ -157,8 +156,8 @@ def measure(
     memorized = nearest_ratio(x, points.double().cpu()) <= threshold
     hits = int(memorized.sum())
     ll = mean_log_likelihood(x, mixture)
-    lo, hi = wilson_interval(hits, sampler.num)
-    out = {"memorization_ratio": hits / sampler.num, "ci": [lo, hi],
+    ci = proportion_interval(hits, sampler.num)
+    out = {"memorization_ratio": hits / sampler.num, "ci": [ci.low, ci.high],
            "log_likelihood": ll.value, "log_likelihood_se": ll.stderr}
     if keep_samples:
         out["samples"] = x[:keep_samples].tolist()
@@ -181,23 +180,56 @@ def reference(
                    dtype=torch.float64)
 
 
-def aggregate(reports: list[dict]) -> dict:
-    """Mean over seeds of ``measure`` reports with error bars for plots and tables.
+def _ratio_stderr(report: dict) -> float:
+    """Sampling standard error of one report's memorization ratio: its 95% Wilson interval's
+    half-width / 1.96 (not sqrt(p(1 - p)/N), which is 0 at p = 0 although 0 of 500
+    samples does not show a ratio of 0)."""
+    low, high = report["ci"]
+    return (high - low) / (2 * 1.959964)
 
-    Over >= 2 seeds the bars are mean +- one std over seeds; for one seed they are its 95%
-    Wilson interval (memorization) and +- 1.96 standard errors (log-likelihood).
+
+def aggregate(reports: list[dict]) -> dict:
+    """Memorization ratio and log-likelihood of one setting over its training seeds, with
+    95% intervals for plots and tables (``stats.pooled_interval``: over seeds, never
+    narrower than the sampling noise; with one seed, the sampling interval alone).
+
+    reports: ``measure`` outputs, one per seed. Returns ratio, ratio_low, ratio_high, ll,
+    ll_low, ll_high, seeds and the interval's method.
     """
     if not reports:
         raise ValueError("reports must not be empty")
-    ratio = torch.tensor([r["memorization_ratio"] for r in reports], dtype=torch.float64)
-    ll = torch.tensor([r["log_likelihood"] for r in reports], dtype=torch.float64)
-    if len(reports) >= 2:
-        rs, ls = float(ratio.std()), float(ll.std())
-        lo, hi = float(ratio.mean()) - rs, float(ratio.mean()) + rs
-    else:
-        (lo, hi), ls = reports[0]["ci"], 1.96 * reports[0]["log_likelihood_se"]
-    return {"ratio": float(ratio.mean()), "ratio_low": lo, "ratio_high": hi,
-            "ll": float(ll.mean()), "ll_err": ls, "seeds": len(reports)}
+    ratio = pooled_interval([r["memorization_ratio"] for r in reports],
+                            [_ratio_stderr(r) for r in reports])
+    ll = pooled_interval([r["log_likelihood"] for r in reports],
+                         [r["log_likelihood_se"] for r in reports])
+    return {"ratio": ratio.value, "ratio_low": max(0.0, ratio.low),
+            "ratio_high": min(1.0, ratio.high), "ll": ll.value, "ll_low": ll.low,
+            "ll_high": ll.high, "seeds": len(reports), "method": ratio.method}
+
+
+def paired_effect(a: list[dict], b: list[dict], field: str = "memorization_ratio") -> dict:
+    """The effect a - b on ``field`` over training seeds, paired by each record's "seed"
+    (same training set and initialization): mean, 95% t-interval, per-seed differences and
+    how many are positive (``stats.paired_difference``)."""
+    by_seed = {r["seed"]: r[field] for r in b}
+    seeds = sorted(r["seed"] for r in a)
+    if sorted(by_seed) != seeds:
+        raise ValueError(f"paired_effect: a and b must have the same seeds, got {seeds} "
+                         f"and {sorted(by_seed)}")
+    first = {r["seed"]: r[field] for r in a}
+    return paired_difference([first[s] for s in seeds], [by_seed[s] for s in seeds]).to_dict()
+
+
+def cell(reports: list[dict], field: str = "ratio", fmt: str = ".2f") -> str:
+    """A table cell 'mean [low, high]' of ``aggregate(reports)``; field "ratio" or "ll"."""
+    a = aggregate(reports)
+    return format_interval(a[field], a[f"{field}_low"], a[f"{field}_high"], fmt)
+
+
+def effect_cell(effect: dict, fmt: str = "+.2f") -> str:
+    """A table cell for a ``paired_effect``: 'mean [low, high], k/S seeds > 0'."""
+    return (f"{format_interval(effect['value'], effect['low'], effect['high'], fmt)}, "
+            f"{effect['positive']}/{effect['n']} seeds > 0")
 
 
 def data_log_likelihood(mixture: GaussianMixture, num: int, seed: int) -> dict:

@@ -100,6 +100,91 @@ def test_position_embedding_is_fixed_and_separable():
     assert torch.cdist(expected, expected).add(torch.eye(16)).min() > 0.1
 
 
+@pytest.mark.parametrize("embed_dim", [2, 4, 16, 64])
+def test_1d_sincos_embedding_is_the_transformer_formula(embed_dim):
+    """Element by element (math.sin/cos): column k < D/2 is sin(p / 10000^(2k/D)), column
+    D/2 + k is cos(p / 10000^(2k/D)) (Vaswani et al. 2017; official DiT/MAE
+    get_1d_sincos_pos_embed). The slowest column of D = 64 has period 2 pi 10000^(31/32)."""
+    pos = np.array([0.0, 1.0, 2.0, 5.0, 17.0, 250.0])
+    emb = D.get_1d_sincos_pos_embed(embed_dim, pos)
+    half = embed_dim // 2
+    assert emb.shape == (len(pos), embed_dim)
+    for i, p in enumerate(pos):
+        for k in range(half):
+            angle = p / 10000 ** (2 * k / embed_dim)
+            assert emb[i, k] == pytest.approx(math.sin(angle), abs=1e-12)
+            assert emb[i, half + k] == pytest.approx(math.cos(angle), abs=1e-12)
+
+
+def test_2d_sincos_embedding_elementwise():
+    """Token row * G + col: the first D/2 columns are the 1-D formula of width D/2 at col, the
+    last D/2 the same at row (official get_2d_sincos_pos_embed), checked element by element
+    for a 3 x 3 grid and D = 8."""
+    G, Dm = 3, 8
+    emb = D.get_2d_sincos_pos_embed(Dm, G)
+    q = Dm // 4  # frequencies per coordinate
+    for row in range(G):
+        for col in range(G):
+            tok = emb[row * G + col]
+            for half, p in ((0, col), (Dm // 2, row)):
+                for k in range(q):
+                    angle = p / 10000 ** (2 * k / (Dm // 2))
+                    assert tok[half + k] == pytest.approx(math.sin(angle), abs=1e-12)
+                    assert tok[half + q + k] == pytest.approx(math.cos(angle), abs=1e-12)
+
+
+def _reference_block(block: D.DiTBlock, x: torch.Tensor, c: torch.Tensor) -> torch.Tensor:
+    """adaLN-Zero DiT block written from the official description (facebookresearch/DiT
+    models.py), with explicit softmax attention and layer norm:
+    shift_msa, scale_msa, gate_msa, shift_mlp, scale_mlp, gate_mlp = adaLN(c).chunk(6)
+    x = x + gate_msa * attn(modulate(norm1(x), shift_msa, scale_msa))
+    x = x + gate_mlp * mlp(modulate(norm2(x), shift_mlp, scale_mlp))."""
+    lin = block.adaLN_modulation[1]
+    mod = (c * torch.sigmoid(c)) @ lin.weight.T + lin.bias  # SiLU, then Linear: (B, 6D)
+    shift_msa, scale_msa, gate_msa, shift_mlp, scale_mlp, gate_mlp = mod.chunk(6, dim=1)
+
+    def norm(z):
+        mu = z.mean(-1, keepdim=True)
+        var = (z - mu).square().mean(-1, keepdim=True)
+        return (z - mu) / torch.sqrt(var + 1e-6)
+
+    def modulate(z, shift, scale):
+        return z * (1 + scale[:, None]) + shift[:, None]
+
+    def attn(z):
+        a = block.attn
+        B, N, _ = z.shape
+        H, dh = a.num_heads, a.head_dim
+        qkv = z @ a.qkv.weight.T + a.qkv.bias  # (B, N, 3 H dh): q heads, k heads, v heads
+        q, k, v = (qkv[..., i * H * dh : (i + 1) * H * dh].reshape(B, N, H, dh).transpose(1, 2)
+                   for i in range(3))
+        w = torch.softmax(q @ k.transpose(-1, -2) / math.sqrt(dh), dim=-1)  # (B, H, N, N)
+        out = (w @ v).transpose(1, 2).reshape(B, N, H * dh)
+        return out @ a.proj.weight.T + a.proj.bias
+
+    def mlp(z):
+        m = block.mlp
+        h = z @ m.fc1.weight.T + m.fc1.bias
+        h = 0.5 * h * (1 + torch.tanh(math.sqrt(2 / math.pi) * (h + 0.044715 * h**3)))
+        return h @ m.fc2.weight.T + m.fc2.bias
+
+    x = x + gate_msa[:, None] * attn(modulate(norm(x), shift_msa, scale_msa))
+    return x + gate_mlp[:, None] * mlp(modulate(norm(x), shift_mlp, scale_mlp))
+
+
+@SMALL
+@given(seed=st.integers(0, 2**16), heads=st.sampled_from([1, 2, 4]))
+def test_block_equals_the_official_adaln_zero_block(seed, heads):
+    """A DiTBlock with random (non-zero) weights, gates included, equals the reference above:
+    guards the order of the six modulation chunks, which gate multiplies which branch, the
+    modulation (1 + scale), the head layout and the tanh-GELU."""
+    block = randomize(D.DiTBlock(16, heads, mlp_ratio=2.0).double(), seed)
+    x, c = randn((2, 5, 16), seed + 1), randn((2, 16), seed + 2)
+    with torch.no_grad():
+        torch.testing.assert_close(block(x, c), _reference_block(block, x, c),
+                                   rtol=1e-10, atol=1e-10)
+
+
 def test_timestep_embedding_features():
     t = torch.tensor([0.0, 3.0, -250.0], dtype=torch.float64)
     emb = D.TimestepEmbedder.timestep_embedding(t, 9)

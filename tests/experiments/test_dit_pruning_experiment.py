@@ -38,12 +38,53 @@ def test_smoke_numbers_are_well_formed(smoke):
         rep = first[key]
         lo, hi = rep["ci"]
         assert 0 <= lo <= rep["memorization_ratio"] <= hi <= 1
-        assert rep["fd"] > -1e-6 and 0 <= rep["precision"] <= 1 and 0 <= rep["recall"] <= 1
-        assert len(rep["grid"]) == len(rep["grid_nearest"]) == cfg["grid"]
-    table = result["results"]["table1"]
-    assert set(table) == {"original", "finetuned", "importance", "random"}
-    assert table["original"]["memorization"][0] == pytest.approx(
-        100 * first["original"]["memorization_ratio"])
+        assert 0 <= rep["precision"] <= 1 and 0 <= rep["recall"] <= 1
+
+
+def test_fig4_nearest_training_images_are_the_nearest_by_brute_force(smoke):
+    """Fig. 4 pairs each sample with its nearest training image: recomputed here with
+    plain pixel distances to the seed's training images."""
+    import torch
+
+    from experiments.common.data import load_dataset
+
+    _, result = smoke
+    cfg, first = result["config"], result["results"]["runs"][0]
+    images, _ = load_dataset(cfg["dataset"], "train", cfg["data_root"])
+    train = images[first["train_indices"]].flatten(1).double()
+    for key in ("original", f"random/eta={cfg['eta']}"):
+        grid = torch.tensor(first[key]["grid"], dtype=torch.float64).flatten(1)
+        assert len(grid) == cfg["grid"]
+        nearest = torch.cdist(grid, train).argmin(1)
+        assert nearest.tolist() == first[key]["grid_nearest"]
+
+
+def test_table1_and_paired_differences_recomputed_from_the_seeds(smoke):
+    """Table 1's mean +- std and the paired table, recomputed from the per-seed reports
+    with numpy and scipy's paired t-test (ttest_rel)."""
+    import numpy as np
+    from scipy import stats as sps
+
+    _, result = smoke
+    cfg, r = result["config"], result["results"]
+    runs, eta = r["runs"], cfg["eta"]
+    mem = {row: np.array([100 * x[key]["memorization_ratio"] for x in runs])
+           for row, key in (("original", "original"), ("finetuned", "finetuned"),
+                            ("importance", f"importance/eta={eta}"),
+                            ("random", f"random/eta={eta}"))}
+    fd = {"importance": np.array([x[f"importance/eta={eta}"]["fd"] for x in runs]),
+          "original": np.array([x["original"]["fd"] for x in runs])}
+    for row, v in mem.items():
+        mean, std = r["table1"][row]["memorization"]
+        assert mean == pytest.approx(v.mean()) and std == pytest.approx(v.std(ddof=1))
+    e = r["paired"]["importance-original"]["FD"]
+    ci = sps.ttest_rel(fd["importance"], fd["original"]).confidence_interval(0.95)
+    assert e["value"] == pytest.approx(np.mean(fd["importance"] - fd["original"]))
+    assert (e["low"], e["high"]) == pytest.approx((ci.low, ci.high))
+    diffs = mem["random"] - mem["finetuned"]
+    assert r["paired"]["random-finetuned"]["memorization"]["diffs"] == pytest.approx(diffs)
+    table = dit_pruning.table_markdown(result)
+    assert "importance − original" in table and "paired by seed" in table
 
 
 def test_smoke_runs_under_torchrun_with_two_gloo_ranks(tmp_path):

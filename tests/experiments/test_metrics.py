@@ -89,3 +89,28 @@ def test_mean_log_likelihood_of_true_samples_is_minus_entropy():
     est = mean_log_likelihood(mix.sample(4000, torch.Generator().manual_seed(1)), mix)
     exact = -2.5 * torch.log(torch.tensor(2 * torch.pi)).item() - 2.5
     assert abs(est.value - exact) <= 4 * est.stderr
+
+
+def test_threshold_is_a_third_of_the_distance_and_ties_count():
+    """Paper §6: x is memorized when ||x - x_(1)|| <= ||x - x_(2)|| / 3 (squared: 1/9), the
+    boundary included. Train points 0 and 4 on a line: a sample at 1 is exactly on the
+    boundary (distances 1 and 3, memorized); at 0.98 the distance ratio is 0.98/3.02 < 1/3
+    (memorized); at 1.02 it is 1.02/2.98 > 1/3 (not memorized, though its squared ratio 0.117
+    is below 1/8)."""
+    train = torch.tensor([[0.0], [4.0]], dtype=torch.float64)
+    xs = [1.0, 0.98, 1.02, 3.0, 2.0]
+    samples = torch.tensor(xs, dtype=torch.float64)[:, None]
+    by_distance = [min(abs(x), abs(x - 4)) <= max(abs(x), abs(x - 4)) / 3 for x in xs]
+    assert by_distance == [True, True, False, True, False]
+    flags = [memorization_ratio(samples[i : i + 1], train) == 1.0 for i in range(len(xs))]
+    assert flags == by_distance
+    assert memorization_ratio(samples, train) == pytest.approx(3 / 5)
+    assert nearest_ratio(samples[:1], train).item() == 1 / 9
+
+
+def test_extreme_memorization_n_counts_a_ratio_equal_to_the_level():
+    """EMM (Gu et al.): the largest n whose memorization ratio is >= level, a ratio equal to
+    the level included."""
+    assert extreme_memorization_n([500, 1000, 2000], [1.0, 0.9, 0.89]) == 1000
+    assert extreme_memorization_n([500, 1000], [0.5, 0.5], level=0.5) == 1000
+    assert extreme_memorization_n([500, 1000], [0.75, 0.25], level=0.75) == 500

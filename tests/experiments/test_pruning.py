@@ -237,3 +237,57 @@ def test_dit_pruned_model_fine_tunes():
     assert all(math.isfinite(v) for v in losses)
     with pytest.raises(ValueError, match="Attention"):
         pr.AttentionHeads(ScoreMLP(2, 4))
+
+
+def test_importance_draws_times_from_the_papers_beta_law(monkeypatch):
+    """Alg. 2 draws t ~ Beta(0.8, 2) mapped onto [t0, T] = [1e-3, 8] (App. D.1): the times
+    importance(..., "mask_gradient") feeds the DSM loss with its defaults pass a
+    Kolmogorov-Smirnov test against that law (1,024 times), and fail it against Beta(2, 0.8)."""
+    from scipy import stats
+
+    seen = []
+    real_loss = pr.dsm_loss
+
+    def spy(model, x0, t, eps):
+        seen.append(t.detach().clone())
+        return real_loss(model, x0, t, eps)
+
+    monkeypatch.setattr(pr, "dsm_loss", spy)
+    net = random_net(6, 2, [4])
+    pr.importance(pr.HiddenUnits(net), "mask_gradient", data_for(2), batches=8, batch_size=128)
+    t = torch.cat(seen).numpy()
+    assert t.shape == (1024,) and t.min() >= 1e-3 and t.max() <= 8.0
+    u = (t - 1e-3) / (8.0 - 1e-3)
+    assert stats.kstest(u, stats.beta(0.8, 2.0).cdf).pvalue > 1e-4
+    assert stats.kstest(u, stats.beta(2.0, 0.8).cdf).pvalue < 1e-10
+
+
+def test_head_and_channel_magnitudes_from_their_weights():
+    """The magnitude baseline of a head is ||its q, k, v rows of qkv (with biases)|| times
+    ||its columns of proj||, gathered here by explicit index loops from the documented
+    layout (rows part * H d_h + h d_h + j); a channel's is ||fc1 row, bias|| * ||fc2 column||.
+    A head whose output projection is zero scores 0."""
+    model = random_dit(7, heads=4)
+    heads = pr.AttentionHeads(model)
+    first = next(iter(heads.layers.values()))
+    with torch.no_grad():
+        first.proj.weight[:, 2 * first.head_dim : 3 * first.head_dim] = 0.0  # head 2 is silent
+    scores = heads.magnitude()
+    for name, m in heads.layers.items():
+        H, dh = m.num_heads, m.head_dim
+        qw, qb, pw = m.qkv.weight.detach(), m.qkv.bias.detach(), m.proj.weight.detach()
+        for h in range(H):
+            rows = [part * H * dh + h * dh + j for part in range(3) for j in range(dh)]
+            w_in = math.sqrt(sum(float(qw[r].square().sum() + qb[r] ** 2) for r in rows))
+            cols = [h * dh + j for j in range(dh)]
+            w_out = math.sqrt(sum(float(pw[:, c].square().sum()) for c in cols))
+            assert float(scores[name][h]) == pytest.approx(w_in * w_out, rel=1e-12)
+    assert scores[next(iter(heads.layers))][2] == 0
+    channels = pr.MlpChannels(model)
+    magnitude = channels.magnitude()
+    for name, m in channels.layers.items():
+        w1, b1, w2 = m.fc1.weight.detach(), m.fc1.bias.detach(), m.fc2.weight.detach()
+        for c in range(m.hidden_features):
+            w_in = math.sqrt(float(w1[c].square().sum() + b1[c] ** 2))
+            w_out = float(w2[:, c].norm())
+            assert float(magnitude[name][c]) == pytest.approx(w_in * w_out, rel=1e-12)

@@ -91,3 +91,55 @@ def test_execute_reuses_a_finished_result_unless_forced(tmp_path):
     assert sorted(p.name for p in tmp_path.iterdir()) == ["fake.json"]  # partial file removed
     with pytest.raises(ValueError, match="profile"):
         execute(fake, "paper", out_dir=tmp_path)
+
+
+def test_run_units_in_worker_processes_equals_in_order_and_resumes(tmp_path):
+    """Two worker processes give the same values as one, every finished unit lands in the
+    partial file as it finishes, and a stored unit is not recomputed (resume)."""
+    import math
+
+    from experiments.common.runs import run_units
+
+    tasks = [(f"comb/{n}/{k}", math.comb, (n, k)) for n in range(4, 9) for k in (1, 2)]
+    here = run_units(Units(None, CONFIG), tasks, workers=1)
+    path = tmp_path / "x.partial.json"
+    units = Units(path, CONFIG)
+    units.put("comb/4/1", -1)  # a finished unit from an interrupted run
+    there = run_units(units, tasks, workers=2)
+    assert there == {**here, "comb/4/1": -1}
+    stored = json.loads(path.read_text())["units"]
+    assert stored == there
+
+
+def test_run_units_stores_each_unit_while_others_still_run(tmp_path):
+    """A unit is saved as soon as it finishes: the slow unit below waits for the partial
+    file to appear (exit 3) and gives up after 10 s (exit 4). It then fails, and the unit
+    that finished stays stored for the rerun."""
+    import math
+    import subprocess
+
+    from experiments.common.runs import run_units
+
+    path = tmp_path / "x.partial.json"
+    wait_then_fail = ["sh", "-c", f"for i in $(seq 100); do [ -s {path} ] && exit 3; "
+                                  "sleep 0.1; done; exit 4"]
+    tasks = [("slow", subprocess.check_call, (wait_then_fail,)), ("ok", math.sqrt, (4.0,))]
+    with pytest.raises(subprocess.CalledProcessError) as err:
+        run_units(Units(path, CONFIG), tasks, workers=2)
+    assert err.value.returncode == 3
+    assert json.loads(path.read_text())["units"] == {"ok": 2.0}
+
+
+def test_run_units_reports_a_failing_unit_and_refuses_bad_settings(tmp_path):
+    import math
+
+    from experiments.common.runs import run_units
+
+    units = Units(tmp_path / "x.partial.json", CONFIG)
+    tasks = [("ok", math.sqrt, (4.0,)), ("bad", math.sqrt, (-1.0,))]
+    with pytest.raises(ValueError, match="math domain"):
+        run_units(units, tasks, workers=2)
+    with pytest.raises(ValueError, match="workers"):
+        run_units(units, tasks, workers=0)
+    with pytest.raises(ValueError, match="unique"):
+        run_units(units, tasks + tasks[:1], workers=1)

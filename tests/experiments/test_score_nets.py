@@ -6,8 +6,6 @@ import math
 
 import pytest
 import torch
-from hypothesis import given
-from hypothesis import strategies as st
 
 from experiments.common import score_nets as sn
 from experiments.common.training import TrainConfig
@@ -48,29 +46,42 @@ def test_training_set_is_reproducible_and_n_checked(d32):
         sn.training_set(mixture, 1, 0)
 
 
-@given(hits=st.integers(0, 300), extra=st.integers(0, 300))
-def test_wilson_interval_contains_the_proportion_and_shrinks_with_samples(hits, extra):
-    total = hits + extra
-    if total == 0:
-        with pytest.raises(ValueError, match="total"):
-            sn.wilson_interval(hits, total)
-        return
-    lo, hi = sn.wilson_interval(hits, total)
-    assert 0 <= lo <= hits / total <= hi <= 1
-    lo4, hi4 = sn.wilson_interval(4 * hits, 4 * total)
-    assert hi4 - lo4 < hi - lo
-
-
-def test_aggregate_uses_seeds_when_there_are_several():
-    one = {"memorization_ratio": 0.5, "ci": [0.4, 0.6], "log_likelihood": -3.0,
+def test_aggregate_of_one_seed_is_its_sampling_interval():
+    """One seed: the bars are that network's own sampling intervals (Wilson, 1.96 SE)."""
+    one = {"seed": 0, "memorization_ratio": 0.5, "ci": [0.4, 0.6], "log_likelihood": -3.0,
            "log_likelihood_se": 0.1}
     a = sn.aggregate([one])
-    assert (a["ratio_low"], a["ratio_high"], a["ll_err"]) == (0.4, 0.6, pytest.approx(0.196))
-    b = sn.aggregate([one, {**one, "memorization_ratio": 0.7, "log_likelihood": -1.0}])
-    assert b["ratio"] == pytest.approx(0.6) and b["ll"] == pytest.approx(-2.0)
-    assert b["ratio_high"] - b["ratio"] == pytest.approx(math.sqrt(0.02))
+    assert (a["ratio_low"], a["ratio_high"]) == pytest.approx((0.4, 0.6))
+    assert (a["ll_low"], a["ll_high"]) == pytest.approx((-3.0 - 0.196, -3.0 + 0.196), abs=1e-4)
+    assert a["seeds"] == 1 and "1 seed" in a["method"]
     with pytest.raises(ValueError, match="reports"):
         sn.aggregate([])
+
+
+def test_aggregate_over_seeds_uses_the_seed_spread_by_hand():
+    """Three seeds: mean +- t_2 * sqrt(max(sample variance, mean se^2) / 3), by hand."""
+    from scipy import stats as sps
+
+    reports = [{"seed": s, "memorization_ratio": p, "ci": [p - 0.01, p + 0.01],
+                "log_likelihood": ll, "log_likelihood_se": 0.5}
+               for s, (p, ll) in enumerate([(0.5, -3.0), (0.6, -2.0), (0.7, -4.0)])]
+    a = sn.aggregate(reports)
+    q = sps.t.ppf(0.975, 2)
+    assert a["ratio"] == pytest.approx(0.6)
+    assert a["ratio_high"] - a["ratio"] == pytest.approx(q * math.sqrt(0.01 / 3))
+    assert a["ll"] - a["ll_low"] == pytest.approx(q * math.sqrt(1.0 / 3))
+    # a sampling error larger than the seed spread sets the width instead
+    wide = [{**r, "log_likelihood": -3.0, "log_likelihood_se": 2.0} for r in reports]
+    assert sn.aggregate(wide)["ll_high"] + 3.0 == pytest.approx(q * 2.0 / math.sqrt(3))
+
+
+def test_paired_effect_pairs_by_seed_not_by_order():
+    a = [{"seed": s, "memorization_ratio": v} for s, v in ((2, 0.9), (0, 0.5), (1, 0.7))]
+    b = [{"seed": s, "memorization_ratio": v} for s, v in ((0, 0.4), (1, 0.6), (2, 0.8))]
+    e = sn.paired_effect(a, b)
+    assert e["diffs"] == pytest.approx((0.1, 0.1, 0.1)) and e["positive"] == 3
+    with pytest.raises(ValueError, match="same seeds"):
+        sn.paired_effect(a[:2], b)
 
 
 def test_trained_network_is_cached_and_reused(tmp_path, d32):

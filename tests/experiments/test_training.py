@@ -124,3 +124,57 @@ def test_ddp_two_gloo_processes_match_one_process(tmp_path):
     for name, value in single.state_dict().items():
         assert torch.allclose(value, r0["model"][name], rtol=1e-10, atol=1e-12), name
     assert losses == pytest.approx(r0["losses"], rel=1e-10)
+
+
+def test_ema_is_the_exponential_moving_average_of_the_iterates():
+    """EMA with decay beta: e_0 = p_0 and e_k = beta e_{k-1} + (1 - beta) p_k after step k.
+    The iterates p_1..p_3 come from runs of 1, 2 and 3 steps (a constant learning rate makes
+    the first k steps of every run identical); beta = 0.7 is far from 1 - beta."""
+    cfg = replace(CFG, steps=3, ema=0.7)
+    start = [p.detach().clone() for p in _model().parameters()]
+    iterates = [
+        [p.detach().clone() for p in train(_model(), _data(), replace(cfg, steps=k),
+                                           progress=False)[0].parameters()]
+        for k in (1, 2, 3)
+    ]
+    _, ema, _ = train(_model(), _data(), cfg, progress=False)
+    expected = start
+    for p_k in iterates:
+        expected = [0.7 * e + 0.3 * p for e, p in zip(expected, p_k, strict=True)]
+    for e, want in zip(ema.parameters(), expected, strict=True):
+        torch.testing.assert_close(e, want, rtol=1e-6, atol=1e-7)
+    for e, p in zip(ema.parameters(), iterates[-1], strict=True):  # the EMA lags the model
+        assert not torch.allclose(e, p)
+
+
+def test_checkpoint_key_changes_with_data_model_and_config(tmp_path):
+    """The checkpoint file is keyed by everything that fixes the numbers: one changed data
+    value, one changed starting weight or one changed config field gives another file; fresh
+    copies of the same inputs give the same file."""
+    key = training.checkpoint_path(tmp_path, _model(), _data(), CFG)
+    assert key == training.checkpoint_path(tmp_path, _model(), _data(), CFG)
+    assert key.parent == tmp_path and key.suffix == ".pt"
+    other_data = _data()
+    other_data[7, 1] += 1e-3
+    other_model = _model()
+    with torch.no_grad():
+        other_model.out.bias[0] += 1e-3
+    others = [
+        training.checkpoint_path(tmp_path, _model(), other_data, CFG),
+        training.checkpoint_path(tmp_path, other_model, _data(), CFG),
+        training.checkpoint_path(tmp_path, _model(), _data(), replace(CFG, lr=2e-2)),
+    ]
+    assert len({key, *others}) == 4
+
+
+def test_checkpoint_of_another_config_is_not_resumed(tmp_path):
+    """A checkpoint written by a run with another config (here another learning rate) is
+    ignored: the run starts afresh and equals an uninterrupted run of its own config."""
+    ckpt = tmp_path / "run.pt"
+    train(_model(), _data(), CFG, ckpt, progress=False, stop_after=7)
+    other = replace(CFG, lr=3e-3)
+    resumed, _, losses = train(_model(), _data(), other, ckpt, progress=False)
+    straight, _, losses_straight = train(_model(), _data(), other, progress=False)
+    assert losses == losses_straight and len(losses) == other.steps
+    for a, b in zip(straight.parameters(), resumed.parameters(), strict=True):
+        assert torch.equal(a, b)

@@ -6,11 +6,13 @@ import math
 
 import numpy as np
 import pytest
+import sympy as sp
 import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from scipy import integrate
 
+from theory import symbolic as S
 from theory.bounds import (
     gaussian_hessian_norm,
     integrated_small_t_gap,
@@ -38,6 +40,13 @@ def brute_sq_distances(points: torch.Tensor) -> tuple[float, float]:
 
 def spectral_norms(h: torch.Tensor) -> torch.Tensor:
     return torch.linalg.matrix_norm(h, ord=2)
+
+
+def exact(expr: sp.Expr, **values: float) -> float:
+    """A sympy expression in t (or in a = alpha_t, s = sigma_t) evaluated at 40 digits, the
+    symbols named by ``values`` (t, lam, mu, x, ...) set to those doubles exactly."""
+    subs = {getattr(S, name): sp.Float(v, 40) for name, v in values.items()}
+    return float(S.in_time(sp.sympify(expr)).evalf(40, subs=subs))
 
 
 # -- Lemma C.1 ----------------------------------------------------------------------------------
@@ -138,15 +147,68 @@ def test_lemma_c1_two_point_midpoint_at_tiny_t(t):
 
 
 def test_lemma_c1_bounds_shapes_and_scaling():
+    """The bounds equal Lemma C.1's statement evaluated by sympy at 40 digits, with alpha_t and
+    sigma_t^2 from theory/symbolic.py and min/max ||x_i - x_j||^2 by brute force (1 and 10);
+    guards the schedule (exp(-t) vs exp(-t/2)), the expm1 at small t, the constants 16 and 4
+    and which distance goes where. Upper * sigma^4 -> max||x_i - x_j||^2 / 4 as t -> 0 (a
+    sympy limit), the sigma^-4 blow-up."""
     pts = torch.tensor([[0.0, 0.0], [1.0, 0.0], [0.0, 3.0]], dtype=torch.float64)
-    t = np.array([1e-4, 1e-2, 1.0])
+    dmin, dmax = brute_sq_distances(pts)
+    assert (dmin, dmax) == (1.0, 10.0)
+    t = np.array([1e-9, 1e-4, 1e-2, 1.0, 30.0])
     lower, upper = lemma_c1_bounds(pts, t)
-    assert lower.shape == upper.shape == (3,)
-    a2, s2 = np.exp(-t), -np.expm1(-t)
-    np.testing.assert_allclose(lower, -1 / s2 + a2 / (16 * s2**2) * 1.0, rtol=1e-12)
-    np.testing.assert_allclose(upper, 1 / s2 + a2 / (4 * s2**2) * 10.0, rtol=1e-12)
-    # blows up like sigma^-4
-    assert upper[0] * s2[0] ** 2 == pytest.approx(10.0 / 4, rel=1e-3)
+    assert lower.shape == upper.shape == t.shape
+    s2, a2 = S.sigma2_t(), S.alpha_t() ** 2
+    lower_expr = -1 / s2 + a2 / (16 * s2**2) * sp.Rational(dmin)
+    upper_expr = 1 / s2 + a2 / (4 * s2**2) * sp.Rational(dmax)
+    for k, tk in enumerate(t):
+        assert lower[k] == pytest.approx(exact(lower_expr, t=tk), rel=1e-12)
+        assert upper[k] == pytest.approx(exact(upper_expr, t=tk), rel=1e-12)
+    limit = sp.limit(s2**2 * upper_expr, S.t, 0)
+    assert limit == sp.Rational(dmax) / 4
+    assert upper[0] * float(-np.expm1(-t[0])) ** 2 == pytest.approx(float(limit), rel=1e-8)
+    # t -> infinity: alpha -> 0, so the bounds tend to -1 and +1 (the Hessian -> -I)
+    assert lower[-1] == pytest.approx(-1.0, rel=1e-12)
+    assert upper[-1] == pytest.approx(1.0, rel=1e-12)
+
+
+@FAST
+@given(data=st.data())
+def test_lemma_c1_lower_bound_constant_is_attained_pointwise(strat, data):
+    """The constant 1/16 of Lemma C.1's lower bound is a posterior variance of delta^2/16
+    along the closest pair: for two points it is the Hessian norm at the point x* of the
+    segment where the pair's weights are (w, 1 - w), w (1 - w) = 1/16 (so the bound is
+    attained exactly there, by brute-force Hessian); the supremum C_t, reached at the midpoint
+    (variance delta^2/4, checked on a grid of queries), exceeds it by 3 alpha^2 delta^2 /
+    (16 sigma^4). Needs alpha^2 delta^2 / sigma^2 > 32, where the along-pair eigenvalue
+    dominates the -1/sigma^2 of the other directions."""
+    case = data.draw(strat.cases(n=(2, 2), d=(1, 4), scale=(0.5, 3.0)))
+    pts = case.points
+    delta2 = float((pts[0] - pts[1]).square().sum())
+    snr = data.draw(strat.log_uniform(40.0, 1e5))  # alpha^2 delta^2 / sigma^2
+    t = math.log1p(delta2 / snr)  # alpha^2 / sigma^2 = 1 / (e^t - 1)
+    a, s2 = coeffs(t)
+    assert a**2 * delta2 / s2 == pytest.approx(snr, rel=1e-9)
+    w = (1 - math.sqrt(3) / 2) / 2  # w (1 - w) = 1/16
+    lam = 0.5 + s2 * math.log(w / (1 - w)) / (a**2 * delta2)  # weight of x_2 is w there
+    x_star = a * (pts[0] + lam * (pts[1] - pts[0]))[None]
+    emp = EmpiricalScore(pts)
+    assert float(emp.weights(x_star, t)[0, 1]) == pytest.approx(w, rel=1e-9)
+    lower, _ = lemma_c1_bounds(pts, t)
+    norm_star = float(spectral_norms(emp.hessian(x_star, t))[0])
+    assert norm_star == pytest.approx(float(lower), rel=1e-8)
+    # the supremum over a grid around the segment sits at the midpoint, 4x the bound's variance
+    u = torch.linspace(-0.5, 1.5, 81, dtype=torch.float64)
+    e = (pts[1] - pts[0]) / math.sqrt(delta2)
+    perp = torch.randn(case.d, generator=strat.torch_gen(case.seed), dtype=torch.float64)
+    perp = perp - (perp @ e) * e
+    offsets = torch.linspace(-1.0, 1.0, 9, dtype=torch.float64)[:, None] * perp
+    grid = a * (pts[0] + u[:, None] * (pts[1] - pts[0]))
+    queries = (grid[None] + a * offsets[:, None]).reshape(-1, case.d)
+    sup = float(spectral_norms(emp.hessian(queries, t)).max())
+    midpoint = a**2 * delta2 / (4 * s2**2) - 1 / s2
+    assert sup == pytest.approx(midpoint, rel=1e-8)  # u = 1/2 is on the grid
+    assert sup - float(lower) == pytest.approx(3 * a**2 * delta2 / (16 * s2**2), rel=1e-8)
 
 
 # -- Gaussian data: O(1) Lipschitz constant -----------------------------------------------------
@@ -155,6 +217,8 @@ def test_lemma_c1_bounds_shapes_and_scaling():
 @FAST
 @given(data=st.data())
 def test_gaussian_hessian_norm_is_mixture_k1_hessian_norm(strat, data):
+    """1/(sigma^2 + alpha^2 lam_min) equals the spectral norm of the K = 1 mixture's Hessian
+    and max_j |d^2/dx^2 log p_t| of sympy's per-eigenvalue derivation (numpy eigenvalues)."""
     d = data.draw(st.integers(1, 6))
     seed = data.draw(strat.seeds)
     t = data.draw(strat.log_uniform(1e-4, 10.0))
@@ -170,9 +234,13 @@ def test_gaussian_hessian_norm_is_mixture_k1_hessian_norm(strat, data):
         lam = torch.linalg.eigvalsh(cov) if kind == "full" else cov
         expected = gaussian_hessian_norm(t, lam.numpy())
     np.testing.assert_allclose(norms.numpy(), float(expected), rtol=1e-10)
-    a, s2 = coeffs(t)
-    lam_min = float(mix.cov_eigvals.min())
-    assert float(expected) == pytest.approx(1 / (s2 + a**2 * lam_min), rel=1e-12)
+    # sympy: d^2/dx^2 log p_t differentiated from the integrated marginal, per eigenvalue
+    if kind == "scalar":
+        lam = np.full(d, cov)
+    else:  # numpy's eigenvalues, not the mixture's own
+        lam = np.linalg.eigvalsh(cov.numpy()) if kind == "full" else cov.numpy()
+    derived = max(abs(exact(S.gaussian_hessian(), x=0.0, t=t, mu=0.0, lam=lj)) for lj in lam)
+    assert float(expected) == pytest.approx(derived, rel=1e-12)
 
 
 # -- Thm 4.3 rate and the small-t closed form ---------------------------------------------------
@@ -181,12 +249,15 @@ def test_gaussian_hessian_norm_is_mixture_k1_hessian_norm(strat, data):
 @FAST
 @given(data=st.data())
 def test_thm43_rate(strat, data):
+    """d / sigma_t^2 + tr(Sigma) against sympy's sigma_t^2 = 1 - exp(-t) at 40 digits (so the
+    expm1 at t ~ 1e-12 is checked), decreasing in t, ~ d/t as t -> 0 and d + tr at large t."""
     d = data.draw(st.integers(1, 4096))
     tr = data.draw(st.floats(0.0, 1e4))
     t = np.sort(np.array([data.draw(strat.log_uniform(1e-12, 50.0)) for _ in range(5)]))
     rate = thm43_rate(t, d, tr)
     assert rate.shape == t.shape
-    np.testing.assert_allclose(rate, d / -np.expm1(-t) + tr, rtol=1e-14)
+    for k, tk in enumerate(t):
+        assert rate[k] == pytest.approx(exact(d / S.sigma2_t() + sp.Float(tr), t=tk), rel=1e-13)
     assert np.all(np.diff(rate) <= 0)  # decreasing in t
     assert thm43_rate(t.reshape(5, 1), d, tr).shape == (5, 1)
     assert (float(thm43_rate(1e-12, d, tr)) - tr) * 1e-12 == pytest.approx(d, rel=1e-9)  # ~ d/t
@@ -196,14 +267,19 @@ def test_thm43_rate(strat, data):
 @FAST
 @given(data=st.data())
 def test_small_t_gap(strat, data):
+    """The small-t formula against sympy's E_{x_1}[Loss-Gap_t] for n = 1 (derived from the
+    Fisher form of Prop. 4.1 in theory/symbolic.py, which it equals exactly) at 40 digits;
+    positive, decreasing, d / (e^t - 1) for Sigma = I, and its t -> 0 and t -> inf limits."""
     d = data.draw(st.integers(1, 64))
     seed = data.draw(strat.seeds)
     lam = (0.05 + 3 * torch.rand(d, generator=strat.torch_gen(seed), dtype=torch.float64)).numpy()
     t = np.sort(np.array([data.draw(strat.log_uniform(1e-10, 50.0)) for _ in range(4)]))
     gap = small_t_gap(t, lam)
     assert gap.shape == t.shape
-    a2, s2 = np.exp(-t)[:, None], -np.expm1(-t)[:, None]
-    np.testing.assert_allclose(gap, (a2 * lam / (s2 * (a2 * lam + s2))).sum(1), rtol=1e-12)
+    derived = S.expected_loss_gap_n1()  # in (a, s, lam); mu drops out
+    for k, tk in enumerate(t):
+        want = math.fsum(exact(derived, t=tk, lam=lj) for lj in lam)
+        assert gap[k] == pytest.approx(want, rel=1e-12)
     assert np.all(np.diff(gap) <= 0) and np.all(gap > 0)
     # Sigma = I: d / (e^t - 1), as a scalar with d or as a vector of ones
     np.testing.assert_allclose(small_t_gap(t, 1.0, d), d / np.expm1(t), rtol=1e-12)

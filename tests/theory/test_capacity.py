@@ -4,10 +4,12 @@ from __future__ import annotations
 
 import math
 
+import numpy as np
 import pytest
 import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
+from scipy import stats
 
 from theory.capacity import FitBudget, fit_width_sweep, smallest_width
 from theory.mixtures import paper_mixture
@@ -33,18 +35,25 @@ def test_fit_is_deterministic_for_a_seed(setting):
     assert c.ratio != a.ratio
 
 
-def test_error_does_not_grow_with_width(setting):
-    """On a smoke grid the fitted error falls with width, up to a stated tolerance.
-
-    Tolerance: each wider net may be at most 50% worse than the narrower one (the fixed
-    budget does not train every width to convergence), and the widest must beat the
-    narrowest by a factor 2."""
+def test_error_falls_with_width_paired_by_seed(setting):
+    """Widening 2 -> 8 -> 32 lowers the fitted error, as an effect over 6 training seeds
+    paired by seed (DESIGN.md): for each step the mean over seeds of log(r_narrow / r_wide)
+    has a one-sided 99% Student-t lower bound above 0. The fixed budget makes one seed's
+    comparison noisy (so no per-seed tolerance is claimed); the seed-to-seed spread is
+    what the t-bound accounts for. The widest also beats the narrowest by 10x on average."""
     mix, points = setting
-    sweep = fit_width_sweep(mix, points, mix, (0.1, 0.5), [2, 8, 32], 1, BUDGET, seed=0)
-    r = sweep.ratio
-    assert all(r[k + 1] <= 1.5 * r[k] for k in range(len(r) - 1)), r
-    assert r[-1] <= 0.5 * r[0], r
-    assert sweep.num_params == tuple(ScoreMLP(2, w).num_params for w in (2, 8, 32))
+    widths = [2, 8, 32]
+    logs = []
+    for seed in range(6):
+        sweep = fit_width_sweep(mix, points, mix, (0.1, 0.5), widths, 1, BUDGET, seed=seed)
+        assert sweep.num_params == tuple(ScoreMLP(2, w).num_params for w in widths)
+        logs.append(np.log(sweep.ratio))
+    gain = np.array(logs)[:, :-1] - np.array(logs)[:, 1:]  # (seeds, steps)
+    mean = gain.mean(0)
+    se = gain.std(0, ddof=1) / math.sqrt(gain.shape[0])
+    bound = mean - stats.t.ppf(0.99, gain.shape[0] - 1) * se
+    assert np.all(bound > 0), (mean, se)
+    assert gain.sum(1).mean() > math.log(10), gain
 
 
 def test_a_network_target_of_width_w_is_found_at_width_at_most_w(setting):

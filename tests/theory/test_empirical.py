@@ -418,3 +418,31 @@ def test_refined_rows_match_explicit_differences(dtype, chunk_size):
     assert (emp.weights(x, t).double() - w_ref).abs().max() <= tol
     assert (emp.denoiser(x, t).double() - w_ref @ p64).abs().max() <= tol * p64.abs().max()
     assert torch.isfinite(emp.score(x, t)).all()
+
+
+def test_refinement_keeps_the_mass_of_many_far_points():
+    """Refined rows drop only points below max - (log n - log u) nats, each < u/n of the mass,
+    so together < u. Here (float32, a refined row) one point sits at the query and m = 10^5
+    duplicates sit 20 nats below it: each is below u = 6e-8 but together they hold
+    m e^-20 = 2e-4 of the mass. Against float64 softmax over explicit differences, the
+    weight of the near point is 1 - 2e-4 to ~1e-6 (a margin of -log u alone, 16.6 nats, would
+    drop the cluster and give 1)."""
+    m, s2 = 100_000, 1e-3
+    t = -math.log1p(-s2)  # sigma_t^2 = 1e-3
+    a = math.exp(-t / 2)
+    offset = 3.0  # ||x|| ||y|| / sigma^2 large enough that the row is refined
+    gap = math.sqrt(40 * s2) / a  # -(a gap)^2 / (2 sigma^2) = -20
+    points = torch.cat([torch.tensor([[offset]]), torch.full((m, 1), offset + gap)])  # float32
+    x = (a * points[:1]).clone()
+    emp = EmpiricalScore(points)
+    a2, s2_code = emp._prepare(x, t)
+    assert bool(emp._posterior(x, a2, s2_code).refined[0])  # the refined path is exercised
+    x64, p64 = x.double(), points.double()
+    logits = -(x64 - a * p64.T).square() / (2 * s2)  # (1, n)
+    w_ref = torch.softmax(logits, dim=1)
+    assert 1.5e-4 < 1 - float(w_ref[0, 0]) < 2.5e-4
+    w = emp.weights(x, t).double()
+    assert abs(float(w[0, 0] - w_ref[0, 0])) <= 1e-6
+    assert abs(float(w[0, 1:].sum() - w_ref[0, 1:].sum())) <= 1e-6
+    shift = float(emp.denoiser(x, t)[0, 0]) - offset  # the cluster pulls D by 2e-4 gap
+    assert shift == pytest.approx(float(w_ref[0, 1:].sum()) * gap, rel=0.05)

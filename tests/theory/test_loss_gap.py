@@ -213,14 +213,19 @@ def test_integrated_loss_gap_single_point():
 
 @pytest.mark.parametrize("t", [0.01, 0.1, 0.3])
 def test_expected_loss_gap_matches_small_t_closed_form(t):
-    """n = 1000, d = 32, K = 8 paper mixture: E_D[Loss-Gap_t] within 5% of d / (e^t - 1)."""
+    """n = 1000, d = 32, K = 8 paper mixture: E_D[Loss-Gap_t] within 5% of d / (e^t - 1), with
+    the interval over datasets equal to scipy's t-interval of the per-dataset values."""
     mix = paper_mixture(32, K=8, seed=0)
     direct, fisher = expected_loss_gap(mix, 1000, t, num_datasets=3, num=1024, seed=1)
     closed = 32 / math.expm1(t)
     assert float(small_t_gap(t, 1.0, 32)) == pytest.approx(closed, rel=1e-12)
     assert abs(fisher.mean / closed - 1) <= 0.05
     assert abs(direct.mean / closed - 1) <= 0.05
-    assert fisher.ci_low <= fisher.mean <= fisher.ci_high
+    # the reported interval is scipy's 95% Student-t interval of the per-dataset values
+    v = np.asarray(fisher.values)
+    assert v.size == 3 and fisher.mean == pytest.approx(v.mean(), rel=1e-12)
+    lo, hi = stats.t.interval(0.95, v.size - 1, loc=v.mean(), scale=stats.sem(v))
+    assert (fisher.ci_low, fisher.ci_high) == pytest.approx((lo, hi), rel=1e-10)
 
 
 def test_expected_loss_gap_is_reproducible():

@@ -9,7 +9,7 @@ import pytest
 import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
-from scipy import stats
+from scipy import integrate, stats
 
 from theory.process import (
     BetaTimeSampler,
@@ -147,13 +147,40 @@ def test_beta_time_sampler(strat, data):
     assert stats.kstest(u, stats.beta(a, b).cdf).pvalue > 1e-5
 
 
-def test_beta_time_sampler_paper_law_puts_mass_at_small_t():
-    sampler = BetaTimeSampler(0.8, 2.0, 1e-3, 1.0)
-    t = sampler.sample(50_000, torch.Generator().manual_seed(0), dtype=torch.float64)
-    p = stats.beta(0.8, 2.0).cdf((0.5 - 1e-3) / (1.0 - 1e-3))
-    frac = (t < 0.5).double().mean().item()
-    assert abs(frac - p) <= Z * math.sqrt(p * (1 - p) / 50_000)
-    assert p > 0.8
+def test_beta_time_sampler_paper_law_on_the_experiments_range():
+    """Our sampler with the law every experiment uses (Beta(0.8, 2) on [t0, T] = [1e-3, 8]):
+    its empirical CDF at fixed times equals the law's CDF obtained by integrating the Beta
+    density u^(a-1) (1-u)^(b-1) / B(a, b) with quad at u = (t - t0)/(T - t0) (no betainc),
+    within Z binomial standard errors each, and the whole sample passes a two-sample
+    Kolmogorov-Smirnov test against t0 + (T - t0) X/(X + Y), X ~ Gamma(0.8), Y ~ Gamma(2)
+    drawn by numpy (an independent construction of the Beta law). Guards the law's
+    parameters (e.g. swapped to Beta(2, 0.8)) and the mapping of [0, 1] onto [t0, T]."""
+    a, b, t0, T = 0.8, 2.0, 1e-3, 8.0
+    sampler = BetaTimeSampler(a, b, t0, T)
+    num = 50_000
+    t = sampler.sample(num, torch.Generator().manual_seed(0), dtype=torch.float64).numpy()
+    assert t.min() >= t0 and t.max() <= T
+    norm = math.gamma(a) * math.gamma(b) / math.gamma(a + b)
+
+    def cdf(time: float) -> float:  # u^(a-1) has an integrable singularity at 0: quad's alg
+        u = (time - t0) / (T - t0)
+        val, _ = integrate.quad(lambda v: (1 - v) ** (b - 1), 0, u, weight="alg",
+                                wvar=(a - 1, 0), epsabs=0, epsrel=1e-12)
+        return val / norm
+
+    assert cdf(T) == pytest.approx(1.0, rel=1e-10)
+    for time in (1.001e-3, 1.01e-3, 0.01, 0.1, 0.5, 1.0, 2.0, 4.0, 7.0):
+        p = cdf(time)
+        frac = float((t <= time).mean())
+        assert abs(frac - p) <= Z * math.sqrt(p * (1 - p) / num), (time, frac, p)
+    # the paper's "most mass at small t": over half of our draws lie in the first quarter
+    # of [t0, T] (the law gives 0.528), by more than Z standard errors
+    below = float((t <= 2.0).mean())
+    assert below - Z * math.sqrt(below * (1 - below) / num) > 0.5
+    rng = np.random.default_rng(1)
+    x, y = rng.gamma(a, size=num), rng.gamma(b, size=num)
+    ref = t0 + (T - t0) * x / (x + y)
+    assert stats.ks_2samp(t, ref).pvalue > 1e-5
     assert "a=0.8" in repr(sampler)
     assert sampler.sample(4).dtype == torch.float32
 

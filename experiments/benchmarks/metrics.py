@@ -31,8 +31,8 @@ turns, with torch using all cores (or ``--threads``); the CPU share printed next
 (process CPU time / (wall time x threads)) shows whether they got the cores (near 1) or
 shared them with other work (well below 1: rerun). Peak extra memory is measured for each
 method in a fresh subprocess (this module with a hidden ``--memory-probe`` flag), as in
-``experiments.bench_scores``: data generated in place, thread pool started, peak reset to
-the current RSS, then the growth of the peak over one call (MiB).
+``experiments.benchmarks.scores``: data generated in place, thread pool started, peak reset
+to the current RSS, then the growth of the peak over one call (MiB).
 
 So that the benchmark cannot silently compare different computations, ours and (b) are
 compared on the timed data: the nearest neighbour's index must agree except where the two
@@ -41,27 +41,30 @@ dtype-dependent absolute tolerance, and so must the memorization decisions excep
 samples whose ratio lies within that tolerance of 1/9. On a few samples spread over copies
 and fresh draws both are also compared with an independent float64 search.
 
-Run ``python -m experiments.bench_metrics`` (full size: m=10,000 samples, n=50,000 points,
-d=3,072, float32, several minutes on two cores) or ``--quick`` (m=1,000, n=5,000, d=512);
-``--json PATH`` also writes every number to a JSON file.
+Run ``python -m experiments.benchmarks.metrics`` (full size: m=10,000 samples, n=50,000
+points, d=3,072, float32, several minutes on two cores; writes every number to
+figures/bench_metrics.json) or ``--quick`` (m=1,000, n=5,000, d=512; writes no file unless
+``--json PATH``); ``--no-json`` writes none.
 """
 
 from __future__ import annotations
 
 import argparse
+import functools
 import math
-import os
-import platform
 import statistics
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass
-from pathlib import Path
 
 import torch
 
-from experiments.common.benchmarking import (
+from experiments.benchmarks.common import (
+    FIGURES_DIR,
+    add_output_args,
     config_args,
+    environment,
     finish_main,
+    load_average,
     measure_call_peak,
     n_cores,
     run_memory_probes,
@@ -106,6 +109,10 @@ _CHECK_CHUNK = 4096
 COPY_NOISE = (0.05, 1.0)  # noise scales s of the near-copies, evenly spaced
 DTYPES = {"float32": torch.float32, "float64": torch.float64}
 METHODS = ("ours", "bare", "reference")
+# This module, for its memory probes (python -m MODULE --memory-probe METHOD), and where
+# its numbers go by default (the committed results; the file name predates the package).
+MODULE = "experiments.benchmarks.metrics"
+DEFAULT_JSON = FIGURES_DIR / "bench_metrics.json"
 
 
 @dataclass(frozen=True)
@@ -258,7 +265,7 @@ def memory_bound_mib(cfg: BenchConfig) -> float:
 def _memory_probe(cfg: BenchConfig, method: str) -> dict[str, float | str | None]:
     """In this (fresh) process: peak RSS growth in MiB caused by one call of ``method``.
 
-    See ``experiments.common.benchmarking.measure_call_peak``; the baseline is taken after the
+    See ``experiments.benchmarks.common.measure_call_peak``; the baseline is taken after the
     data exist and the thread pool runs.
     """
     if method not in METHODS:
@@ -274,14 +281,14 @@ def _memory_probe(cfg: BenchConfig, method: str) -> dict[str, float | str | None
 def peak_extra_mib(cfg: BenchConfig, methods: Sequence[str]) -> dict[str, dict]:
     """Peak extra memory (MiB) of one call of each method on top of the data, fresh processes.
 
-    Runs ``python -m experiments.bench_metrics --memory-probe METHOD`` with cfg's size, one
-    process per method, all at once (see ``experiments.common.benchmarking.run_memory_probes``).
+    Runs ``python -m experiments.benchmarks.metrics --memory-probe METHOD`` with cfg's size, one
+    process per method, all at once (see ``experiments.benchmarks.common.run_memory_probes``).
     Returns, per method, a dict with extra_mib, the counter used and the raw readings.
     """
     for method in methods:
         if method not in METHODS:
             raise ValueError(f"method must be one of {METHODS}, got {method!r}")
-    return run_memory_probes("experiments.bench_metrics", methods, config_args(cfg))
+    return run_memory_probes(MODULE, methods, config_args(cfg))
 
 
 # -- the benchmark ------------------------------------------------------------------------
@@ -340,7 +347,7 @@ def run_benchmark(cfg: BenchConfig, *, memory: bool = True) -> dict:
     memory_probes, agreement and targets (each with value, bound and met).
     """
     torch.set_num_threads(cfg.threads or n_cores())
-    load_before = os.getloadavg()[0] if hasattr(os, "getloadavg") else None
+    load_before = load_average()
     # Memory first, while this process is still small.
     probes = peak_extra_mib(cfg, METHODS) if memory else {}
     mem = {m: p["extra_mib"] for m, p in probes.items()}
@@ -361,14 +368,7 @@ def run_benchmark(cfg: BenchConfig, *, memory: bool = True) -> dict:
     }
     return {
         "config": asdict(cfg),
-        "environment": {
-            "torch": torch.__version__,
-            "python": platform.python_version(),
-            "threads": torch.get_num_threads(),
-            "machine": platform.machine(),
-            "processor": platform.processor(),
-            "load_average_1min_before": load_before,
-        },
+        "environment": environment(load_average_1min_before=load_before),
         "flops_per_matmul": 2 * cfg.m * cfg.n * cfg.d,
         "times_s": times,
         "cpu_share": cpu_share,
@@ -441,7 +441,7 @@ def format_report(res: dict) -> str:
 
 def _parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
-        prog="python -m experiments.bench_metrics",
+        prog=f"python -m {MODULE}",
         description="Benchmark the exact streaming memorization search (two_nearest) against "
         "a bare matmul and a full-matrix cdist+topk reference (time, peak memory, agreement).",
     )
@@ -462,7 +462,7 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--seed", type=int, default=defaults.seed)
     p.add_argument("--quick", action="store_true", help=f"small config {QUICK}")
     p.add_argument("--no-memory", action="store_true", help="skip the memory subprocesses")
-    p.add_argument("--json", type=Path, default=None, help="also write the numbers here")
+    add_output_args(p, DEFAULT_JSON)
     p.add_argument("--memory-probe", choices=METHODS, default=None, help=argparse.SUPPRESS)
     return p
 
@@ -485,7 +485,8 @@ def main(argv: Sequence[str] | None = None) -> dict | None:
         threads=args.threads,
         seed=args.seed,
     )
-    return finish_main(cfg, args, _memory_probe, run_benchmark, format_report)
+    run = functools.partial(run_benchmark, memory=not args.no_memory)
+    return finish_main(cfg, args, run, format_report, DEFAULT_JSON, probe=_memory_probe)
 
 
 if __name__ == "__main__":

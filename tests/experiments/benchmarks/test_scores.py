@@ -13,7 +13,7 @@ import math
 import pytest
 import torch
 
-from experiments import bench_scores as bs
+from experiments.benchmarks import scores as bs
 
 
 @pytest.fixture(scope="module")

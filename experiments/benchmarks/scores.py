@@ -40,27 +40,29 @@ dtype-dependent tolerance. This is done at the benchmarked t and at t = log d, b
 t = 1 and d in the thousands the posterior weights are one-hot to float precision (the
 check there only tests the argmax) while at t = log d they spread over many points.
 
-Run ``python -m experiments.bench_scores`` (full size: n=50,000, d=3,072, batch 256,
-float32, about a minute on two cores) or ``--quick`` (n=5,000, d=512); ``--json PATH``
-also writes every number to a JSON file.
+Run ``python -m experiments.benchmarks.scores`` (full size: n=50,000, d=3,072, batch 256,
+float32, about a minute on two cores; writes every number to figures/bench_scores.json) or
+``--quick`` (n=5,000, d=512; writes no file unless ``--json PATH``); ``--no-json`` writes none.
 """
 
 from __future__ import annotations
 
 import argparse
+import functools
 import math
-import os
-import platform
 import statistics
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass
-from pathlib import Path
 
 import torch
 
-from experiments.common.benchmarking import (
+from experiments.benchmarks.common import (
+    FIGURES_DIR,
+    add_output_args,
     config_args,
+    environment,
     finish_main,
+    load_average,
     measure_call_peak,
     n_cores,
     peak_readings,
@@ -100,6 +102,10 @@ N_CHECK_QUERIES = 8
 _CHECK_CHUNK = 4096
 DTYPES = {"float32": torch.float32, "float64": torch.float64}
 METHODS = ("ours", "bare", "reference")
+# This module, for its memory probes (python -m MODULE --memory-probe METHOD), and where
+# its numbers go by default (the committed results; the file name predates the package).
+MODULE = "experiments.benchmarks.scores"
+DEFAULT_JSON = FIGURES_DIR / "bench_scores.json"
 
 
 @dataclass(frozen=True)
@@ -259,7 +265,7 @@ def _memory_probe(cfg: BenchConfig, method: str) -> dict[str, float | str | None
 def peak_extra_mib(cfg: BenchConfig, methods: Sequence[str]) -> dict[str, dict]:
     """Peak extra memory (MiB) of one call of each method on top of the data, fresh processes.
 
-    Runs ``python -m experiments.bench_scores --memory-probe METHOD`` with cfg's size, one
+    Runs ``python -m experiments.benchmarks.scores --memory-probe METHOD`` with cfg's size, one
     process per method, all at once (each measures only itself), so that neither the
     allocator's cache nor earlier peaks of this process hide the result; glibc's mmap
     threshold is fixed at 64 KiB there, so freed blocks leave the resident set. Returns, per
@@ -269,7 +275,7 @@ def peak_extra_mib(cfg: BenchConfig, methods: Sequence[str]) -> dict[str, dict]:
     for method in methods:
         if method not in METHODS:
             raise ValueError(f"method must be one of {METHODS}, got {method!r}")
-    return run_memory_probes("experiments.bench_scores", methods, config_args(cfg))
+    return run_memory_probes(MODULE, methods, config_args(cfg))
 
 
 # -- the benchmark ------------------------------------------------------------------------
@@ -328,7 +334,7 @@ def run_benchmark(cfg: BenchConfig, *, memory: bool = True) -> dict:
     and targets (each with value, bound and met).
     """
     torch.set_num_threads(n_cores())
-    load_before = os.getloadavg()[0] if hasattr(os, "getloadavg") else None
+    load_before = load_average()
     # Memory first, while this process is still small (see _memory_probe).
     probes = peak_extra_mib(cfg, METHODS) if memory else {}
     mem = {m: p["extra_mib"] for m, p in probes.items()}
@@ -350,14 +356,7 @@ def run_benchmark(cfg: BenchConfig, *, memory: bool = True) -> dict:
     }
     return {
         "config": asdict(cfg),
-        "environment": {
-            "torch": torch.__version__,
-            "python": platform.python_version(),
-            "threads": torch.get_num_threads(),
-            "machine": platform.machine(),
-            "processor": platform.processor(),
-            "load_average_1min_before": load_before,
-        },
+        "environment": environment(load_average_1min_before=load_before),
         "flops_per_matmul": 2 * cfg.batch * cfg.n * cfg.d,
         "times_s": times,
         "cpu_share": cpu_share,
@@ -431,7 +430,7 @@ def format_report(res: dict) -> str:
 
 def _parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
-        prog="python -m experiments.bench_scores",
+        prog=f"python -m {MODULE}",
         description="Benchmark the streaming empirical score against two bare matmuls and "
         "a full-matrix cdist+softmax reference (time, peak memory, agreement).",
     )
@@ -445,7 +444,7 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--seed", type=int, default=defaults.seed)
     p.add_argument("--quick", action="store_true", help=f"small config {QUICK}")
     p.add_argument("--no-memory", action="store_true", help="skip the memory subprocesses")
-    p.add_argument("--json", type=Path, default=None, help="also write the numbers here")
+    add_output_args(p, DEFAULT_JSON)
     p.add_argument("--memory-probe", choices=METHODS, default=None, help=argparse.SUPPRESS)
     return p
 
@@ -467,7 +466,8 @@ def main(argv: Sequence[str] | None = None) -> dict | None:
         t=args.t,
         seed=args.seed,
     )
-    return finish_main(cfg, args, _memory_probe, run_benchmark, format_report)
+    run = functools.partial(run_benchmark, memory=not args.no_memory)
+    return finish_main(cfg, args, run, format_report, DEFAULT_JSON, probe=_memory_probe)
 
 
 if __name__ == "__main__":

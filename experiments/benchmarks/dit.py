@@ -37,34 +37,40 @@ paper profile trains). Precision: "auto" is bf16 autocast on CUDA (as ``train`` 
 float32 on CPU.
 
 Times are the median of ``--repeats`` timed calls after one untimed warm-up each, training
-and sampling taking turns (``experiments.common.benchmarking.time_methods``); on CUDA every call
-ends with a synchronize. The CPU share printed next to the CPU times (process CPU time /
+and sampling taking turns (``experiments.benchmarks.common.time_methods``); on CUDA every
+call ends with a synchronize. The CPU share printed next to the CPU times (process CPU time /
 (wall time x threads)) shows whether they got their cores (near 1) or shared them (well
 below 1: rerun on a quiet machine).
 
-Run ``python -m experiments.bench_dit`` (the quick config, batch 128, a few seconds on
-CPU), ``--model DiT-S/2 --batch 256`` on a GPU for the utilization target, or ``--quick``
-(a tiny setting for tests); ``--json PATH`` also writes every number to a JSON file.
+Run ``python -m experiments.benchmarks.dit`` (the quick config, batch 128, a few seconds
+on CPU), ``--model DiT-S/2 --batch 256`` on a GPU for the utilization target, or
+``--quick`` (a tiny setting for tests). Every number goes to figures/bench_dit.json, or to
+``--json PATH``; ``--quick`` writes no file unless ``--json`` is given, ``--no-json`` none.
 """
 
 from __future__ import annotations
 
 import argparse
 import math
-import os
 import statistics
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass
-from pathlib import Path
 
 import torch
 from torch import nn
 from torch.utils import flop_counter
 from torch.utils.flop_counter import FlopCounterMode
 
-from experiments.common.benchmarking import n_cores, time_methods, write_json
+from experiments.benchmarks.common import (
+    FIGURES_DIR,
+    add_output_args,
+    environment,
+    finish_main,
+    load_average,
+    n_cores,
+    time_methods,
+)
 from experiments.common.dit import DIT_MODELS, DiT, ScoreDiT
-from experiments.common.runs import provenance
 from experiments.common.sampling import reverse_sde, sampling_times
 from experiments.common.training import TrainConfig, dsm_loss, sample_times
 from experiments.dit_pruning import PROFILES, build
@@ -97,6 +103,9 @@ PRECISIONS = ("auto", "float32", "bf16")
 # An official size is trained as the paper profile trains DiT-S/2 (batch, lr, times).
 PRESET_PROFILE = "paper"
 QUICK = {"batch": 16, "steps": 2, "sample_passes": 2, "peak_size": 1024}
+# This module (for the command line) and where its numbers go by default.
+MODULE = "experiments.benchmarks.dit"
+DEFAULT_JSON = FIGURES_DIR / "bench_dit.json"
 
 
 @dataclass(frozen=True)
@@ -414,7 +423,7 @@ def run_benchmark(cfg: BenchConfig) -> dict:
 
 
 def _run(cfg: BenchConfig) -> dict:
-    load_before = os.getloadavg()[0] if hasattr(os, "getloadavg") else None
+    load_before = load_average()
     w = make_workload(cfg)
     dev, dit = w.device, w.model.dit
 
@@ -461,14 +470,12 @@ def _run(cfg: BenchConfig) -> dict:
                  f"measured, but the target is for {TARGET_MODEL} at batch {TARGET_BATCH} "
                  "in bf16"),
     }
-    env = provenance()
-    env.update({
-        "threads": torch.get_num_threads(),
-        "device": str(dev),
-        "device_name": torch.cuda.get_device_name(dev) if dev.type == "cuda" else "cpu",
-        "autocast": None if w.autocast_dtype is None else str(w.autocast_dtype),
-        "load_average_1min_before": load_before,
-    })
+    env = environment(
+        device=str(dev),
+        device_name=torch.cuda.get_device_name(dev) if dev.type == "cuda" else "cpu",
+        autocast=None if w.autocast_dtype is None else str(w.autocast_dtype),
+        load_average_1min_before=load_before,
+    )
     return {
         "config": asdict(cfg),
         "environment": env,
@@ -575,7 +582,7 @@ def format_report(res: dict) -> str:
 
 def _parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
-        prog="python -m experiments.bench_dit",
+        prog=f"python -m {MODULE}",
         description="Benchmark DiT training and sampling throughput (images/s), model FLOPs "
         "and, on CUDA, utilization of the measured bf16 matmul peak.",
     )
@@ -601,12 +608,12 @@ def _parser() -> argparse.ArgumentParser:
                    help=f"n of the bf16 n^3 matmul for the peak (default {d.peak_size})")
     p.add_argument("--seed", type=int, default=d.seed)
     p.add_argument("--quick", action="store_true", help=f"tiny setting for tests {QUICK}")
-    p.add_argument("--json", type=Path, default=None, help="also write the numbers here")
+    add_output_args(p, DEFAULT_JSON)
     return p
 
 
 def main(argv: Sequence[str] | None = None) -> dict:
-    """Command-line entry point; returns the result dict."""
+    """Command-line entry point; prints the report, writes the JSON, returns the result."""
     args = _parser().parse_args(argv)
     d = BenchConfig()
     size = QUICK if args.quick else {"batch": None, "steps": d.steps,
@@ -625,12 +632,7 @@ def main(argv: Sequence[str] | None = None) -> dict:
         seed=args.seed,
         **{k: size[k] if v is None else v for k, v in chosen.items()},
     )
-    res = run_benchmark(cfg)
-    print(format_report(res))
-    if args.json is not None:
-        write_json(args.json, res)
-        print(f"\nwrote {args.json}")
-    return res
+    return finish_main(cfg, args, run_benchmark, format_report, DEFAULT_JSON)
 
 
 if __name__ == "__main__":

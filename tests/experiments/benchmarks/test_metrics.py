@@ -16,7 +16,7 @@ import math
 import pytest
 import torch
 
-from experiments import bench_metrics as bm
+from experiments.benchmarks import metrics as bm
 
 
 @pytest.fixture(scope="module")

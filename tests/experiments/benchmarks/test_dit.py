@@ -15,7 +15,7 @@ import math
 import pytest
 import torch
 
-from experiments import bench_dit as bd
+from experiments.benchmarks import dit as bd
 
 
 @pytest.fixture(scope="module")

@@ -1,14 +1,20 @@
 """Measuring code the benchmarks share: round-robin timing with CPU share, peak memory of one
-call in a fresh process, targets and ratios as reported, JSON output.
+call in a fresh process, the environment, targets and ratios as reported, JSON output.
 
-Used by experiments/bench_scores.py, bench_metrics.py and bench_dit.py; each benchmark
-module documents what it measures and why, this module only how.
+Used by the four benchmarks of this package (``experiments.benchmarks.scores``,
+``.metrics``, ``.ensemble`` and ``.dit``); each benchmark module documents what it measures
+and why, this module only how. Every benchmark ends in ``finish_main``, which prints its
+report and writes its JSON (config, environment with provenance, the measured numbers,
+ratios, agreement and targets) to its default file in figures/ (``figures/bench_<name>.json``)
+unless ``--quick``, ``--no-json`` or ``--json PATH`` says otherwise.
 """
 
 from __future__ import annotations
 
+import argparse
 import json
 import os
+import platform
 import resource
 import statistics
 import subprocess
@@ -21,10 +27,13 @@ from pathlib import Path
 
 import torch
 
-from experiments.common.runs import REPO_ROOT
+from experiments.common.runs import REPO_ROOT, provenance
 
 __all__ = [
+    "FIGURES_DIR",
     "n_cores",
+    "load_average",
+    "environment",
     "time_methods",
     "timing_table",
     "peak_readings",
@@ -34,8 +43,13 @@ __all__ = [
     "safe_ratio",
     "target_entry",
     "write_json",
+    "add_output_args",
+    "output_path",
     "finish_main",
 ]
+
+# Where every benchmark writes its JSON by default (figures/bench_<name>.json, committed).
+FIGURES_DIR = REPO_ROOT / "figures"
 
 
 def n_cores() -> int:
@@ -44,6 +58,26 @@ def n_cores() -> int:
         return len(os.sched_getaffinity(0))
     except AttributeError:  # not Linux
         return os.cpu_count() or 1
+
+
+def load_average() -> float | None:
+    """The 1-minute load average of the machine (None where the OS has none): taken before
+    a run, it says whether other work was running."""
+    return os.getloadavg()[0] if hasattr(os, "getloadavg") else None
+
+
+def environment(**extra: object) -> dict:
+    """Provenance (versions, commit, hardware; ``experiments.common.runs.provenance``) plus
+    the torch threads, machine and processor, updated with ``extra`` (e.g. the load average
+    before the run, the device): the "environment" entry of every benchmark's JSON."""
+    env = provenance()
+    env.update({
+        "threads": torch.get_num_threads(),
+        "machine": platform.machine(),
+        "processor": platform.processor(),
+    })
+    env.update(extra)
+    return env
 
 
 def time_methods(
@@ -221,22 +255,47 @@ def write_json(path: Path, obj: dict) -> None:
     tmp.replace(path)
 
 
+def add_output_args(p: argparse.ArgumentParser, default_json: Path) -> None:
+    """The output options every benchmark has: ``--json PATH`` (default ``default_json``,
+    its file in figures/, except under ``--quick``) and ``--no-json``."""
+    rel = default_json.relative_to(REPO_ROOT) if default_json.is_relative_to(REPO_ROOT) else (
+        default_json)
+    p.add_argument("--json", type=Path, default=None,
+                   help=f"write the numbers here (default {rel}; with --quick: nowhere)")
+    p.add_argument("--no-json", action="store_true", help="write no JSON file")
+
+
+def output_path(args: argparse.Namespace, default_json: Path) -> Path | None:
+    """Where the numbers go: None under ``--no-json``, else ``--json`` if given, else
+    ``default_json``, except that a ``--quick`` run (a small size, for tests and a first
+    look) writes nothing by default, so that it never replaces the committed full-size
+    results."""
+    if args.no_json:
+        return None
+    if args.json is not None:
+        return args.json
+    return None if getattr(args, "quick", False) else default_json
+
+
 def finish_main(
-    cfg: object, args, probe: Callable[[object, str], dict],
-    run: Callable[..., dict], report: Callable[[dict], str],
+    cfg: object, args: argparse.Namespace, run: Callable[[object], dict],
+    report: Callable[[dict], str], default_json: Path,
+    probe: Callable[[object, str], dict] | None = None,
 ) -> dict | None:
     """The end of a benchmark's command line, the same for every benchmark: as a memory
-    probe (hidden ``--memory-probe METHOD``) print probe(cfg, METHOD) as JSON and stop;
-    otherwise run(cfg, memory=not --no-memory), print report(result), write ``--json``, and
-    raise SystemExit(1) after printing if the methods disagree."""
-    if args.memory_probe is not None:
+    probe (hidden ``--memory-probe METHOD``, benchmarks with a ``probe`` only) print
+    probe(cfg, METHOD) as JSON and stop; otherwise run(cfg), print report(result), write
+    the JSON to ``output_path(args, default_json)``, and raise SystemExit(1) after printing
+    if the result's agreement check says its methods computed different things."""
+    if probe is not None and args.memory_probe is not None:
         print(json.dumps(probe(cfg, args.memory_probe)))
         return None
-    res = run(cfg, memory=not args.no_memory)
+    res = run(cfg)
     print(report(res))
-    if args.json is not None:
-        write_json(args.json, res)
-        print(f"\nwrote {args.json}")
-    if not res["agreement"]["agree"]:
+    path = output_path(args, default_json)
+    if path is not None:
+        write_json(path, res)
+        print(f"\nwrote {path}")
+    if "agreement" in res and not res["agreement"]["agree"]:
         raise SystemExit(1)
     return res
