@@ -4,7 +4,7 @@ PY      := .venv/bin/python
 STAMP   := .venv/.installed
 PROFILE ?= quick
 
-.PHONY: figures test lint bench clean-venv
+.PHONY: figures claims test lint bench clean-venv
 
 $(STAMP): pyproject.toml
 	python3 -m venv .venv
@@ -15,6 +15,10 @@ $(STAMP): pyproject.toml
 
 figures: $(STAMP)
 	$(PY) -m figures --profile $(PROFILE) $(ARGS)
+
+# Rewrite the numbers quoted in README.md and paper_notes/ from figures/*.json, list the rest.
+claims: $(STAMP)
+	$(PY) -m figures.claims
 
 test: $(STAMP)
 	$(PY) -m ruff check theory experiments figures tests

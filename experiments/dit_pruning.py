@@ -52,7 +52,15 @@ from experiments.common.runs import (
     run_units,
 )
 from experiments.common.sampling import sample
-from experiments.common.stats import format_interval, paired_difference, proportion_interval
+from experiments.common.stats import (
+    Interval,
+    format_interval,
+    interval_stderr,
+    paired_difference,
+    pooled_interval,
+    proportion_interval,
+    seed_interval,
+)
 from experiments.common.training import (
     TrainConfig,
     checkpoint_path,
@@ -76,7 +84,7 @@ PROFILES = {
         "data_root": None, "n": 8, "patch_size": 2, "depth": 1, "hidden_size": 32,
         "num_heads": 4, "mlp_ratio": 2.0, "parametrization": "denoiser",
         "steps": 20, "batch": 16, "lr": 2e-3, "t0": 1e-3, "T": 8.0,
-        "eta": 0.25, "etas": [0.0, 0.25, 0.5], "importance_batches": 2,
+        "eta": 0.25, "etas": [0.0, 0.25, 0.5], "sweep_seeds": 2, "importance_batches": 2,
         "finetune_steps": 10, "finetune_lr": 1e-3,
         "samples": 32, "sampler_steps": 10, "features": "classifier", "real_images": 256,
         "grid": 4,
@@ -87,7 +95,7 @@ PROFILES = {
         "data_root": None, "n": 16, "patch_size": 2, "depth": 2, "hidden_size": 64,
         "num_heads": 8, "mlp_ratio": 4.0, "parametrization": "denoiser",
         "steps": 2500, "batch": 128, "lr": 2e-3, "t0": 1e-3, "T": 8.0,
-        "eta": 0.2, "etas": [0.0, 0.2, 0.4, 0.6], "importance_batches": 16,
+        "eta": 0.2, "etas": [0.0, 0.2, 0.4], "sweep_seeds": 3, "importance_batches": 16,
         "finetune_steps": 400, "finetune_lr": 1e-3,
         "samples": 256, "sampler_steps": 200, "features": "classifier", "real_images": 1797,
         "grid": 8,
@@ -100,7 +108,7 @@ PROFILES = {
         "data_root": None, "n": 500, "patch_size": 4, "depth": 12, "hidden_size": 384,
         "num_heads": 6, "mlp_ratio": 4.0, "parametrization": "denoiser",
         "steps": 12000, "batch": 256, "lr": 3e-4, "t0": 1e-3, "T": 8.0,
-        "eta": 0.2, "etas": [0.0, 0.2, 0.4, 0.6], "importance_batches": 32,
+        "eta": 0.2, "etas": [0.0, 0.2, 0.4, 0.6], "sweep_seeds": 3, "importance_batches": 32,
         "finetune_steps": 2000, "finetune_lr": 1e-4,
         "samples": 1000, "sampler_steps": 200, "features": "classifier", "real_images": 10000,
         "grid": 8,
@@ -112,7 +120,8 @@ PROFILES = {
         "data_root": None, "n": 5000, "patch_size": 2, "depth": 12, "hidden_size": 384,
         "num_heads": 6, "mlp_ratio": 4.0, "parametrization": "denoiser",
         "steps": 200000, "batch": 256, "lr": 1e-4, "t0": 1e-3, "T": 8.0,
-        "eta": 0.2, "etas": [0.0, 0.1, 0.2, 0.3, 0.4, 0.5, 0.6], "importance_batches": 100,
+        "eta": 0.2, "etas": [0.0, 0.1, 0.2, 0.3, 0.4, 0.5, 0.6], "sweep_seeds": 3,
+        "importance_batches": 100,
         "finetune_steps": 20000, "finetune_lr": 5e-5,
         "samples": 10000, "sampler_steps": 400, "features": "inception",
         "real_images": 50000, "grid": 8,
@@ -224,7 +233,8 @@ def run_seed(config: dict, seed: int, etas: list[float]) -> dict:
 
 
 def compute(config: dict, units: Units) -> dict:
-    """Every seed at the table's eta; the first seed also at every eta of the sweep.
+    """Every seed at the table's eta; the first ``sweep_seeds`` seeds also at every eta of
+    the sweep.
 
     Under torchrun every rank runs this with its own device: training steps are
     data-parallel, sampling and evaluation are repeated on every rank (the same numbers).
@@ -232,8 +242,12 @@ def compute(config: dict, units: Units) -> dict:
     _, world, device = setup_distributed()
     if device is not None:
         config = {**config, "device": str(device)}
+    if not 1 <= config["sweep_seeds"] <= config["seeds"]:
+        raise ValueError(f"sweep_seeds must be in [1, seeds={config['seeds']}], "
+                         f"got {config['sweep_seeds']}")
+    sweep = sorted({config["eta"], *config["etas"]})
     tasks = [(f"seed={s}", run_seed,
-              (config, s, sorted({config["eta"], *config["etas"]}) if s == 0 else [config["eta"]]))
+              (config, s, sweep if s < config["sweep_seeds"] else [config["eta"]]))
              for s in range(config["seeds"])]
     # Under torchrun the ranks train together: one seed at a time, no worker processes.
     done = run_units(units, tasks, 1 if world > 1 else config["workers"], "seeds")
@@ -354,7 +368,8 @@ def table_markdown(result: dict) -> str:
 
 def facts(result: dict) -> dict[str, float]:
     """Table 1 (mean, std per model and column), the paired differences (value, low, high,
-    positive, n per comparison and column) and the sweep of seed 0 (memorization, FD)."""
+    positive, negative, n per comparison and column) and the sweep over its seeds
+    (memorization and FD, mean and 95% interval per variant and eta)."""
     r = result["results"]
     out: dict[str, float] = {}
     for row, cols in r["table1"].items():
@@ -367,19 +382,59 @@ def facts(result: dict) -> dict[str, float]:
         for col, e in cols.items():
             for k in ("value", "low", "high", "positive", "n"):
                 out[f"paired/{comp}/{col}/{k}"] = e[k]
-            out[f"paired/{comp}/{col}/min"] = min(e["diffs"])
-            out[f"paired/{comp}/{col}/max"] = max(e["diffs"])
-    first = r["runs"][0]
-    for key, rep in first.items():
-        if isinstance(rep, dict) and "memorization_ratio" in rep:
-            out[f"seed0/{key}/memorization"] = rep["memorization_ratio"]
-            out[f"seed0/{key}/fd"] = rep["fd"]
+            out[f"paired/{comp}/{col}/negative"] = sum(d < 0 for d in e["diffs"])
+    cfg = result["config"]
+    sweep_runs = r["runs"][: cfg["sweep_seeds"]]
+    for variant in METHOD:
+        for eta in sweep_etas(cfg):
+            point = sweep_point(sweep_runs, variant, eta)
+            for key, iv in point.items():
+                for k in ("value", "low", "high"):
+                    out[f"sweep/{variant}/eta={eta:g}/{key}/{k}"] = getattr(iv, k)
+    out["sweep/original/memorization"] = float(np.mean(
+        [run["original"]["memorization_ratio"] for run in sweep_runs]))
+    return out
+
+
+def compare_rerun(result: dict, rerun: dict) -> dict[str, float]:
+    """How a rerun of the same profile (same seeds, other float rounding: another thread
+    count or CPU) sits against ``result``'s paired intervals: "inside" of "total" paired
+    differences (every comparison and column) fall in the first run's 95% interval;
+    "resolved" of them excluded 0 in the first run, "same_sign" kept their sign."""
+    first, second = result["results"]["paired"], rerun["results"]["paired"]
+    out = {"inside": 0, "total": 0, "resolved": 0, "same_sign": 0}
+    for comp, cols in first.items():
+        for col, e in cols.items():
+            value = second[comp][col]["value"]
+            out["total"] += 1
+            out["inside"] += e["low"] <= value <= e["high"]
+            if e["low"] > 0 or e["high"] < 0:
+                out["resolved"] += 1
+                out["same_sign"] += (value > 0) == (e["value"] > 0)
     return out
 
 
 def blocks(result: dict) -> dict[str, str]:
     """Table 1 beside the paper's, with the paired differences (the file the script writes)."""
     return {"table1": table_markdown(result)}
+
+
+def sweep_etas(config: dict) -> list[float]:
+    """The pruning ratios of the sweep, 0 (the fine-tuned control) first."""
+    return sorted({config["eta"], *config["etas"], 0.0})
+
+
+def sweep_point(runs: list[dict], variant: str, eta: float) -> dict[str, Interval]:
+    """Memorization ratio and FD of one (variant, eta) over the given seeds' runs: mean and
+    95% interval over seeds (pooled with the Wilson sampling error for memorization; with
+    one seed, its sampling interval). eta = 0 is the fine-tuned control."""
+    reps = [run["finetuned"] if eta == 0 else run[f"{variant}/eta={eta}"] for run in runs]
+    mem = pooled_interval([rep["memorization_ratio"] for rep in reps],
+                          [interval_stderr(*rep["ci"]) for rep in reps])
+    fds = [rep["fd"] for rep in reps]
+    fd = (seed_interval(fds) if len(fds) > 1
+          else Interval(fds[0], fds[0], fds[0], 1, 0.95, "one seed, no interval"))
+    return {"memorization": mem, "fd": fd}
 
 
 def _to_image(x: np.ndarray) -> np.ndarray:
@@ -417,33 +472,32 @@ def plot(result: dict, stem) -> list:
                 ax.grid(False)
         axes[2 * i, 0].set_ylabel(f"{label}\nsample", fontsize=7)
         axes[2 * i + 1, 0].set_ylabel("nearest\ntraining", fontsize=7)
+        over = pooled_interval([run[key]["memorization_ratio"] for run in r["runs"]],
+                               [interval_stderr(*run[key]["ci"]) for run in r["runs"]])
         axes[2 * i, g // 2].set_title(
-            f"{label}: memorization {rep['memorization_ratio']:.2f} "
-            f"(seed 0, {cfg['samples']} samples)", fontsize=8)
+            f"{label}: memorization {rep['memorization_ratio']:.2f} (seed 0, shown); "
+            f"{format_interval(over.value, over.low, over.high)} over "
+            f"{len(r['runs'])} seeds", fontsize=8)
     fig.tight_layout(h_pad=0.2, w_pad=0.1)
     paths += save_figure(fig, f"{stem}_fig4")
 
-    # Sweep (first seed)
+    # Sweep: the first sweep_seeds seeds, mean and 95% interval over them
     fig, axes = new_figure(1, 2, width=8.0, height=3.0)
-    etas = sorted({cfg["eta"], *cfg["etas"]})
+    sweep_runs = r["runs"][: cfg["sweep_seeds"]]
     for c, variant in enumerate(METHOD):
-        xs, mem, lo, hi, fd = [], [], [], [], []
-        for eta in etas:
-            rep = first["finetuned"] if eta == 0 else first[f"{variant}/eta={eta}"]
-            xs.append(eta)
-            mem.append(rep["memorization_ratio"])
-            lo.append(rep["ci"][0])
-            hi.append(rep["ci"][1])
-            fd.append(rep["fd"])
-        mem = np.array(mem)
-        axes[0, 0].errorbar(xs, mem, yerr=[mem - lo, np.array(hi) - mem], marker="o", ms=3,
-                            capsize=2, color=COLORS[c], label=f"pruned ({variant})")
-        axes[0, 1].plot(xs, fd, marker="o", ms=3, color=COLORS[c], label=f"pruned ({variant})")
-    orig = first["original"]
-    axes[0, 0].axhline(orig["memorization_ratio"], color="k", ls="--", lw=1,
+        rows = [sweep_point(sweep_runs, variant, eta) for eta in sweep_etas(cfg)]
+        xs = sweep_etas(cfg)
+        for ax, key in ((axes[0, 0], "memorization"), (axes[0, 1], "fd")):
+            mean = np.array([p[key].value for p in rows])
+            err = [mean - [p[key].low for p in rows], [p[key].high for p in rows] - mean]
+            ax.errorbar(xs, mean, yerr=err, marker="o", ms=3, capsize=2, color=COLORS[c],
+                        label=f"pruned ({variant})")
+    orig = [run["original"] for run in sweep_runs]
+    axes[0, 0].axhline(np.mean([o["memorization_ratio"] for o in orig]), color="k", ls="--",
+                       lw=1, label="original (no fine-tuning)")
+    axes[0, 1].axhline(np.mean([o["fd"] for o in orig]), color="k", ls="--", lw=1,
                        label="original (no fine-tuning)")
-    axes[0, 1].axhline(orig["fd"], color="k", ls="--", lw=1, label="original (no fine-tuning)")
-    space = orig["feature_space"]
+    space = orig[0]["feature_space"]
     axes[0, 0].set(xlabel="fraction of heads removed (eta)", ylabel="memorization ratio",
                    ylim=(-0.03, 1.03), title="(a) memorization after fine-tuning")
     axes[0, 1].set(xlabel="fraction of heads removed (eta)", ylabel=f"FD-{space}",
@@ -451,9 +505,10 @@ def plot(result: dict, stem) -> list:
     for ax in axes[0]:
         ax.legend(fontsize=6.5)
     fig.tight_layout()
-    caption(fig, f"{result['profile']} profile, seed 0: {cfg['dataset']}, n = {cfg['n']}; "
-                 f"eta = 0 is the unpruned model with the same {cfg['finetune_steps']} "
-                 f"fine-tuning steps; bars: 95% Wilson intervals over {cfg['samples']} samples.")
+    caption(fig, f"{result['profile']} profile, seeds 0-{cfg['sweep_seeds'] - 1}: "
+                 f"{cfg['dataset']}, n = {cfg['n']}; eta = 0 is the unpruned model with the same "
+                 f"{cfg['finetune_steps']} fine-tuning steps; bars: 95% intervals over "
+                 f"{cfg['sweep_seeds']} training seeds (never narrower than the sampling noise).")
     paths += save_figure(fig, f"{stem}_sweep")
     return paths
 

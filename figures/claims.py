@@ -10,8 +10,11 @@ hand. Two ways to write one:
            the JSON) or a dotted path into the JSON (``results.table1.original.FD.0``;
            list items by index). Stem "suite" holds facts about the whole quick profile
            (wall times), stems "smallcnn_digits"/"smallcnn_cifar10" the shipped feature
-           classifiers' records. The format is Python's format spec, plus ``e``-formats
-           written the short way (6.50e6, 1e-3) and U+2212 for minus signs.
+           classifiers' records, "dit_pruning_rerun" a rerun of the DiT study with other
+           float rounding (figures/reruns/) and how it compares ("vs_original/...").
+           The format is Python's format spec, plus ``e``-formats
+           written the short way (6.50e6, 1e-3), U+2212 for minus signs, and an optional
+           divisor in front ("/1e9 .3g": FLOP written as GFLOP).
   block    ``<!-- generated: stem:name -->`` ... ``<!-- /generated -->``: a whole
            markdown block (a table, a paragraph of numbers), the experiment module's
            ``blocks(result)[name]``.
@@ -25,8 +28,7 @@ hand. Two ways to write one:
   - a number stands in the prose unbound: every numeric token outside code, links,
     comments and generated blocks must be bound, be a setting of some result's config,
     a number of the paper (``PAPER_NUMBERS``, a snapshot of ../shared/paper/PAPER.md),
-    part of a name (Thm 4.3, Fig. 3a, DiT-S/2,
-    a year) or a small count (0-10).
+    part of a name (Thm 4.3, Fig. 3a, DiT-S/2, a year) or a small count (0-10).
 
 So a hand-typed or stale number fails CI.
 """
@@ -106,10 +108,8 @@ class Problem:
         return f"{self.path}:{self.line}: {self.message}"
 
 
-# -- formatting -------------------------------------------------------------------------------
-
-
 def _normal(text: str) -> str:
+    """A number as text with ASCII minus signs, for comparing."""
     return text.replace(MINUS, "-")
 
 
@@ -121,15 +121,19 @@ def _modules() -> dict[str, Any]:
     return {m.NAME: m for m in (importlib.import_module(name) for name in REGISTRY)}
 
 
-# Results that live outside figures/: the shipped feature classifiers' records.
+# Results that live outside figures/*.json: the shipped feature classifiers' records, and
+# reruns of an experiment (figures/reruns/) compared with its committed result.
 OTHER_SOURCES = {
     f"smallcnn_{name}": REPO_ROOT / "experiments" / "common" / "feature_nets"
     / f"smallcnn_{name}.json" for name in ("digits", "cifar10")
 }
+RERUNS = {"dit_pruning_rerun": ("dit_pruning", "reruns/dit_pruning_threads.json")}
 
 
 def _load(stem: str, folder: Path) -> dict:
     path = OTHER_SOURCES.get(stem, folder / f"{stem}.json")
+    if stem in RERUNS:
+        path = folder / RERUNS[stem][1]
     if not path.exists():
         raise KeyError(f"no results file {path.relative_to(REPO_ROOT)} for '{stem}'")
     return json.loads(path.read_text())
@@ -145,14 +149,22 @@ class Sources:
         self._blocks: dict[str, dict] = {}
 
     def json(self, stem: str) -> dict:
+        """The stored result of ``stem`` (KeyError naming the file when there is none)."""
         if stem not in self._json:
             self._json[stem] = _load(stem, self.folder)
         return self._json[stem]
 
     def facts(self, stem: str) -> dict:
+        """The named numbers of ``stem``: its module's facts(result), or {} without one."""
         if stem not in self._facts:
             if stem == "suite":
                 self._facts[stem] = suite_facts(self)
+            elif stem in RERUNS:  # the rerun's own facts, and how it sits against the original
+                name = RERUNS[stem][0]
+                module, rerun = _modules()[name], self.json(stem)
+                self._facts[stem] = {**module.facts(rerun), **{
+                    f"vs_original/{k}": v
+                    for k, v in module.compare_rerun(self.json(name), rerun).items()}}
             else:
                 module = _modules().get(stem)
                 fn: Callable | None = getattr(module, "facts", None)
@@ -160,6 +172,7 @@ class Sources:
         return self._facts[stem]
 
     def blocks(self, stem: str) -> dict:
+        """The generated markdown blocks of ``stem``: its module's blocks(result), or {}."""
         if stem not in self._blocks:
             module = _modules().get(stem)
             fn: Callable | None = getattr(module, "blocks", None)
@@ -280,13 +293,22 @@ def unbound_numbers(text: str, allowed: frozenset[str]) -> list[tuple[int, str]]
 # -- rendering and checking ---------------------------------------------------------------------
 
 
+def _formatted(value: float, fmt: str | None) -> str:
+    """format_number(value, fmt), where fmt may start with a divisor: "/1e9 .3g" writes
+    1327497216 as 1.33 (GFLOP from FLOP)."""
+    if fmt and fmt.startswith("/"):
+        scale, _, fmt = fmt[1:].partition(" ")
+        value = value / float(scale)
+    return format_number(value, fmt or None)
+
+
 def render_text(text: str, sources: Sources) -> str:
     """``text`` with every bound number and generated block rewritten from the results.
     A tag whose source cannot be found is left as it is (``check_text`` reports it)."""
 
     def number(m: re.Match) -> str:
         try:
-            value = format_number(lookup(sources, m["stem"], m["key"]), m["fmt"] or None)
+            value = _formatted(lookup(sources, m["stem"], m["key"]), m["fmt"])
         except (KeyError, TypeError, ValueError, IndexError):
             return m.group(0)
         return value + m.group(0)[len(m["num"]):]
@@ -327,7 +349,7 @@ def check_text(text: str, name: str, sources: Sources,
     for m in INLINE.finditer(text):
         try:
             value = lookup(sources, m["stem"], m["key"])
-            want = format_number(value, m["fmt"] or None)
+            want = _formatted(value, m["fmt"])
         except (KeyError, TypeError, ValueError, IndexError) as err:
             problems.append(Problem(name, line_of(m.start()), str(err)))
             continue
@@ -365,6 +387,7 @@ def render_all(folder: Path = FIGURES, documents: Iterable[Path] = DOCUMENTS) ->
 
 
 def main(argv: list[str] | None = None) -> int:
+    """``python -m figures.claims [--check]``: rewrite (or only check) every document."""
     parser = argparse.ArgumentParser(prog="python -m figures.claims",
                                      description=__doc__.split("\n")[0])
     parser.add_argument("--check", action="store_true",

@@ -233,12 +233,12 @@ def run_units(
     yet in ``units``, in ``workers`` processes; returns {key: value} for every task.
 
     workers = 1 runs them here, in order. More workers split the machine's cores between
-    them (one torch thread each on 2 cores): independent small trainings then finish up
-    to 1.3-2x sooner than one process with all threads, whose small matmuls parallelize
-    badly. Each finished unit is stored at once, so an interrupted run resumes; fn must be
-    a module-level function and args picklable. The numbers of a unit depend only on its
-    args and seeds, not on which worker ran it, up to the float rounding of the thread
-    count (part of the config: ``workers``).
+    them (one torch thread each on 2 cores): independent small trainings then finish
+    sooner than in one process with all threads, whose small matmuls and per-step Python
+    overhead parallelize badly. Each finished unit is stored at once, so an interrupted run
+    resumes; fn must be a module-level function and args picklable. The numbers of a unit
+    depend only on its args and seeds, not on which worker ran it, up to the float rounding
+    of the thread count (part of the config: ``workers``).
     """
     if workers < 1:
         raise ValueError(f"workers must be >= 1, got {workers}")

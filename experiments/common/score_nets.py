@@ -28,6 +28,7 @@ from experiments.common.runs import REPO_ROOT, resolve_device
 from experiments.common.sampling import sample
 from experiments.common.stats import (
     format_interval,
+    interval_stderr,
     paired_difference,
     pooled_interval,
     proportion_interval,
@@ -180,26 +181,19 @@ def reference(
                    dtype=torch.float64)
 
 
-def _ratio_stderr(report: dict) -> float:
-    """Sampling standard error of one report's memorization ratio: its 95% Wilson interval's
-    half-width / 1.96 (not sqrt(p(1 - p)/N), which is 0 at p = 0 although 0 of 500
-    samples does not show a ratio of 0)."""
-    low, high = report["ci"]
-    return (high - low) / (2 * 1.959964)
-
-
 def aggregate(reports: list[dict]) -> dict:
     """Memorization ratio and log-likelihood of one setting over its training seeds, with
     95% intervals for plots and tables (``stats.pooled_interval``: over seeds, never
     narrower than the sampling noise; with one seed, the sampling interval alone).
 
     reports: ``measure`` outputs, one per seed. Returns ratio, ratio_low, ratio_high, ll,
-    ll_low, ll_high, seeds and the interval's method.
+    ll_low, ll_high, seeds and the interval's method. The ratio's interval is cut to [0, 1],
+    where a proportion lives (a t-interval over 3 seeds can reach past either end).
     """
     if not reports:
         raise ValueError("reports must not be empty")
     ratio = pooled_interval([r["memorization_ratio"] for r in reports],
-                            [_ratio_stderr(r) for r in reports])
+                            [interval_stderr(*r["ci"]) for r in reports])
     ll = pooled_interval([r["log_likelihood"] for r in reports],
                          [r["log_likelihood_se"] for r in reports])
     return {"ratio": ratio.value, "ratio_low": max(0.0, ratio.low),

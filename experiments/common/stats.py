@@ -39,6 +39,7 @@ __all__ = [
     "slope_over_seeds",
     "format_number",
     "format_interval",
+    "interval_stderr",
 ]
 
 MINUS = "\u2212"  # typographic minus, as the notes write negative numbers
@@ -108,6 +109,17 @@ def proportion_interval(hits: int, total: int, level: float = 0.95) -> Interval:
     # Wilson's bounds can miss p by a rounding error at hits = 0 or total.
     return Interval(p, min(float(ci.low), p), max(float(ci.high), p), int(total), level,
                     "wilson")
+
+
+def interval_stderr(low: float, high: float, level: float = 0.95) -> float:
+    """The standard error a symmetric normal interval [low, high] at ``level`` implies:
+    half-width / z. For one network's Wilson interval of a memorization ratio this is its
+    sampling error, which stays > 0 at a ratio of 0 (sqrt(p (1 - p) / N) would not, although
+    0 of 500 samples does not show a ratio of 0)."""
+    _check_level(level)
+    if not high >= low:
+        raise ValueError(f"need low <= high, got [{low}, {high}]")
+    return (high - low) / (2 * float(stats.norm.ppf(0.5 + level / 2)))
 
 
 def seed_interval(values: Sequence[float], level: float = 0.95) -> Interval:

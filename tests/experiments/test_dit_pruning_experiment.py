@@ -103,3 +103,17 @@ def test_smoke_runs_under_torchrun_with_two_gloo_ranks(tmp_path):
     assert done.returncode == 0, done.stderr[-3000:]
     result = json.loads((tmp_path / "dit_pruning.json").read_text())
     assert len(result["results"]["runs"]) == result["config"]["seeds"]
+
+
+def test_compare_rerun_counts_values_inside_and_kept_signs():
+    """Three paired cells: one resolved and kept, one resolved and flipped, one unresolved
+    that the rerun leaves; counted by hand."""
+    def cells(values, lows, highs):
+        return {"results": {"paired": {"a-b": {
+            c: {"value": v, "low": lo, "high": hi}
+            for c, v, lo, hi in zip("xyz", values, lows, highs, strict=True)}}}}
+
+    first = cells([2.0, -3.0, 0.5], [1.0, -5.0, -1.0], [3.0, -1.0, 2.0])
+    rerun = cells([2.5, 0.4, 4.0], [0, 0, 0], [0, 0, 0])
+    assert dit_pruning.compare_rerun(first, rerun) == {
+        "inside": 1, "total": 3, "resolved": 2, "same_sign": 1}

@@ -99,3 +99,11 @@ def test_the_snapshot_of_the_papers_numbers_matches_paper_md():
     if not claims.PAPER.exists():
         pytest.skip(f"{claims.PAPER} is not beside this checkout")
     assert claims.paper_numbers(claims.PAPER.read_text()) == claims.PAPER_NUMBERS
+
+
+def test_a_divisor_in_the_format_rescales(toy):
+    sources, allowed = toy
+    doc = "It holds 6.5<!--toy:results.big /1e6 .1f--> million.\n"
+    assert claims.check_text(doc, "doc", sources, allowed) == []
+    assert "should be 6.5" in claims.check_text(doc.replace("6.5<", "6.4<"), "doc", sources,
+                                                 allowed)[0].message

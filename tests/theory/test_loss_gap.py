@@ -304,3 +304,24 @@ def test_rejects_bad_input():
         dataset_mean([1.0])
     with pytest.raises(ValueError, match="values"):
         dataset_mean([1.0, math.nan])
+
+
+@pytest.mark.parametrize("t", [0.3, 1.0])
+def test_expected_gap_is_capped_by_the_true_scores_own_loss(t):
+    """E_D[Loss-Gap_t] <= d/sigma_t^2 - J(P_t), J the Fisher information of P_t (Tweedie:
+    the true score's expected training loss; the empirical score's loss is >= 0), with
+    equality at n = 1, where the empirical score's loss is exactly 0. J is estimated
+    independently, from the mixture's exact score on fresh draws of P_t (paper_notes/
+    thm_4_3.md: why the tr(Sigma) term cannot show above d/sigma_t^2)."""
+    mixture = paper_mixture(4, 3, seed=0)
+    d, a, s = 4, math.exp(-t / 2), math.sqrt(-math.expm1(-t))
+    g = torch.Generator().manual_seed(1)
+    x0 = mixture.sample(200_000, g)
+    xt = a * x0 + s * torch.randn(x0.shape, generator=g, dtype=x0.dtype)
+    sq = mixture.score(xt, t).square().sum(1)
+    ceiling = d / s**2 - float(sq.mean())
+    ceiling_se = float(sq.std()) / math.sqrt(sq.numel())
+    _, one = expected_loss_gap(mixture, 1, t, num_datasets=48, num=1024, seed=3)
+    assert abs(one.mean - ceiling) < Z * math.hypot(one.stderr, ceiling_se)
+    _, many = expected_loss_gap(mixture, 16, t, num_datasets=16, num=1024, seed=3)
+    assert many.mean < ceiling + Z * math.hypot(many.stderr, ceiling_se)
