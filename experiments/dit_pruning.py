@@ -54,8 +54,10 @@ from experiments.common.runs import (
 from experiments.common.sampling import sample
 from experiments.common.stats import (
     Interval,
+    as_facts,
     format_interval,
     interval_stderr,
+    markdown_table,
     paired_difference,
     pooled_interval,
     proportion_interval,
@@ -324,15 +326,15 @@ def paired_markdown(result: dict) -> str:
     cols = ["precision", "recall", "memorization", "FD", "KID"]
     head = ["a − b (paired by seed)", "precision", "recall", "memorization (points)",
             f"FD-{space}", f"KID-{space}"]
-    lines = ["| " + " | ".join(head) + " |", "|" + " --- |" * len(head)]
+    rows = []
     for a, b in COMPARISONS:
         cells = []
         for c in cols:
             e = r["paired"][f"{a}-{b}"][c]
             cells.append(f"{format_interval(e['value'], e['low'], e['high'], FORMATS[c])} "
                          f"({e['positive']}/{e['n']})")
-        lines.append(f"| {SHORT[a]} − {SHORT[b]} | " + " | ".join(cells) + " |")
-    return "\n".join(lines) + "\n"
+        rows.append([f"{SHORT[a]} − {SHORT[b]}", *cells])
+    return markdown_table(head, rows) + "\n"
 
 
 def table_markdown(result: dict) -> str:
@@ -340,23 +342,20 @@ def table_markdown(result: dict) -> str:
     r, cfg = result["results"], result["config"]
     t = r["table1"]
     space = t["original"]["feature_space"]
+    ours = markdown_table(
+        ["model", "precision", "recall", "memorization ratio (%)", f"FD-{space}", f"KID-{space}"],
+        [[label] + [_pm(t[row][c]) for c in ("precision", "recall", "memorization", "FD", "KID")]
+         for row, label in NAMES.items()])
+    paper = markdown_table(
+        ["model", "precision", "recall", "memorization ratio (%)", "FID"],
+        [[label] + [_pm(PAPER_TABLE1[row][c]) for c in ("precision", "recall", "memorization",
+                                                         "FID")]
+         for row, label in (("original", "original"), ("importance", "pruned (importance)"),
+                            ("random", "pruned (random)"))])
     lines = [f"Ours ({result['profile']} profile: {cfg['dataset']}, n = {cfg['n']}, "
              f"eta = {cfg['eta']:.0%}, {cfg['seeds']} seeds, mean ± std; FD and KID in the "
-             f"{space} feature space, not Inception):", "",
-             f"| model | precision | recall | memorization ratio (%) | FD-{space} | KID-{space} |",
-             "| --- | --- | --- | --- | --- | --- |"]
-    for row, label in NAMES.items():
-        x = t[row]
-        lines.append(f"| {label} | {_pm(x['precision'])} | {_pm(x['recall'])} | "
-                     f"{_pm(x['memorization'])} | {_pm(x['FD'])} | {_pm(x['KID'])} |")
-    lines += ["", "Paper (CIFAR-10, 5,000 images, eta = 20%, 5 runs):", "",
-              "| model | precision | recall | memorization ratio (%) | FID |",
-              "| --- | --- | --- | --- | --- |"]
-    for row, label in (("original", "original"), ("importance", "pruned (importance)"),
-                       ("random", "pruned (random)")):
-        x = PAPER_TABLE1[row]
-        lines.append(f"| {label} | {_pm(x['precision'])} | {_pm(x['recall'])} | "
-                     f"{_pm(x['memorization'])} | {_pm(x['FID'])} |")
+             f"{space} feature space, not Inception):", "", ours,
+             "", "Paper (CIFAR-10, 5,000 images, eta = 20%, 5 runs):", "", paper]
     lines += ["", f"Ours, the effects paired by seed: mean difference [95% t-interval over "
                   f"{cfg['seeds']} seeds] (seeds with a positive difference):", "",
               paired_markdown(result)]
@@ -380,8 +379,7 @@ def facts(result: dict) -> dict[str, float]:
                     out[f"table1/{row}/{col}/std"] = v[1]
     for comp, cols in r.get("paired", {}).items():
         for col, e in cols.items():
-            for k in ("value", "low", "high", "positive", "n"):
-                out[f"paired/{comp}/{col}/{k}"] = e[k]
+            out |= as_facts(f"paired/{comp}/{col}", e)
             out[f"paired/{comp}/{col}/negative"] = sum(d < 0 for d in e["diffs"])
     cfg = result["config"]
     sweep_runs = r["runs"][: cfg["sweep_seeds"]]

@@ -35,6 +35,7 @@ from experiments.common.score_nets import (
     train_score_net,
     training_set,
 )
+from experiments.common.stats import as_facts
 from theory.mixtures import paper_mixture
 from theory.networks import mlp_param_count
 
@@ -121,9 +122,8 @@ def facts(result: dict) -> dict[str, float]:
     pairs = [(wide, narrow)] + [(f"width={w}", "true") for w in cfg["widths"]]
     for a, b in pairs:
         for field, short in (("memorization_ratio", "ratio"), ("log_likelihood", "ll")):
-            e = paired_effect(r["panels"][a], r["panels"][b], field)
-            for k in ("value", "low", "high", "positive", "n"):
-                out[f"effect/{a}-{b}/{short}/{k}"] = e[k]
+            out |= as_facts(f"effect/{a}-{b}/{short}",
+                            paired_effect(r["panels"][a], r["panels"][b], field))
     out["data_ll"] = r["data_log_likelihood"]["value"]
     return out
 

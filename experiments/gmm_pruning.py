@@ -44,6 +44,7 @@ from experiments.common.score_nets import (
     train_score_net,
     training_set,
 )
+from experiments.common.stats import as_facts, markdown_table
 from theory.mixtures import paper_mixture
 
 NAME = "gmm_pruning"
@@ -109,13 +110,13 @@ def compute(config: dict, units: Units) -> dict:
     """Every (eta, method, seed), eta = 0 once per seed (the fine-tuning-only control), in
     ``workers`` processes: first the controls (they train the base networks, which the
     pruned ones then share through the checkpoint cache), then the rest."""
+    if config["etas"][0] != 0:
+        raise ValueError(f"etas must start with 0 (the control), got {config['etas']}")
     seeds = range(config["seeds"])
     controls = [(f"eta={config['etas'][0]}/{config['methods'][0]}/s={s}", prune_and_finetune,
                  (config, config["etas"][0], config["methods"][0], s)) for s in seeds]
     pruned = [(f"eta={eta}/{method}/s={s}", prune_and_finetune, (config, eta, method, s))
               for s in seeds for eta in config["etas"][1:] for method in config["methods"]]
-    if config["etas"][0] != 0:
-        raise ValueError(f"etas must start with 0 (the control), got {config['etas']}")
     done = run_units(units, controls, config["workers"], "base networks + control")
     done |= run_units(units, pruned, config["workers"], "pruned + fine-tuned")
     runs = [{"eta": eta, "method": method if eta else "none", "seed": s, **done[key]}
@@ -132,11 +133,16 @@ def compute(config: dict, units: Units) -> dict:
 # -- what the notes quote (figures/claims.py) ----------------------------------------------------
 
 
+def runs_of(result: dict, eta: float, method: str) -> list[dict]:
+    """The runs (one per seed) of one (eta, method); eta = 0 is the unpruned control."""
+    return [x for x in result["results"]["runs"]
+            if x["eta"] == eta and x["method"] == (method if eta else "none")]
+
+
 def reports(result: dict, eta: float, method: str, phase: str) -> list[dict]:
     """The per-seed reports of one (eta, method) in one phase ("before_finetune",
     "after_finetune"), each with its "seed"; eta = 0 is the unpruned control."""
-    return [{"seed": x["seed"], **x[phase]} for x in result["results"]["runs"]
-            if x["eta"] == eta and x["method"] == (method if eta else "none")]
+    return [{"seed": x["seed"], **x[phase]} for x in runs_of(result, eta, method)]
 
 
 def facts(result: dict) -> dict[str, float]:
@@ -152,27 +158,22 @@ def facts(result: dict) -> dict[str, float]:
                 for field, value in aggregate(reports(result, eta, method, phase)).items():
                     if isinstance(value, float):
                         out[f"{field}/{name}/{phase}"] = value
-            params = [x["num_params"] for x in r["runs"]
-                      if x["eta"] == eta and x["method"] == (method if eta else "none")]
+            params = [x["num_params"] for x in runs_of(result, eta, method)]
             out[f"params_min/{name}"], out[f"params_max/{name}"] = min(params), max(params)
     control = reports(result, 0.0, cfg["methods"][0], "after_finetune")
     base = reports(result, 0.0, cfg["methods"][0], "before_finetune")
-    e = paired_effect(control, base)
-    for k in ("value", "low", "high", "positive", "n"):
-        out[f"effect/control-base/ratio/{k}"] = e[k]
+    out |= as_facts("effect/control-base/ratio", paired_effect(control, base))
     after = [x["after_finetune"]["log_likelihood"] for x in r["runs"] if x["eta"] > 0]
     out["ll_after_min"], out["ll_after_max"] = min(after), max(after)
     for eta in cfg["etas"][1:]:
         for method in cfg["methods"]:
             for field, short in (("memorization_ratio", "ratio"), ("log_likelihood", "ll")):
-                e = paired_effect(reports(result, eta, method, "after_finetune"), control, field)
-                for k in ("value", "low", "high", "positive", "n"):
-                    out[f"effect/eta={eta:g}/{method}-control/{short}/{k}"] = e[k]
+                out |= as_facts(f"effect/eta={eta:g}/{method}-control/{short}", paired_effect(
+                    reports(result, eta, method, "after_finetune"), control, field))
         if {"mask_gradient", "random"} <= set(cfg["methods"]):
-            e = paired_effect(reports(result, eta, "mask_gradient", "after_finetune"),
-                              reports(result, eta, "random", "after_finetune"))
-            for k in ("value", "low", "high", "positive", "n"):
-                out[f"effect/eta={eta:g}/mask_gradient-random/ratio/{k}"] = e[k]
+            out |= as_facts(f"effect/eta={eta:g}/mask_gradient-random/ratio", paired_effect(
+                reports(result, eta, "mask_gradient", "after_finetune"),
+                reports(result, eta, "random", "after_finetune")))
     for kind in ("empirical", "true"):
         for field, value in aggregate(r["references"][kind]).items():
             if isinstance(value, float):
@@ -185,24 +186,18 @@ def blocks(result: dict) -> dict[str, str]:
     """The memorization table (right after pruning -> after fine-tuning, per eta and
     importance) and the paired effects against the control."""
     cfg = result["config"]
-    header = ["eta"] + [LABELS[m] for m in cfg["methods"]]
-    lines = ["| " + " | ".join(header) + " |", "|" + " --- |" * len(header)]
     control = reports(result, 0.0, cfg["methods"][0], "after_finetune")
     base = reports(result, 0.0, cfg["methods"][0], "before_finetune")
-    lines.append(f"| 0 (control) | {cell(base)} → {cell(control)} |" + " |" * (len(header) - 2))
-    for eta in cfg["etas"][1:]:
-        row = [f"{eta:g}"] + [f"{cell(reports(result, eta, m, 'before_finetune'))} → "
-                              f"{cell(reports(result, eta, m, 'after_finetune'))}"
-                              for m in cfg["methods"]]
-        lines.append("| " + " | ".join(row) + " |")
-    out = {"memorization": "\n".join(lines)}
-    header = ["eta"] + [f"{LABELS[m]} − control" for m in cfg["methods"]]
-    lines = ["| " + " | ".join(header) + " |", "|" + " --- |" * len(header)]
-    for eta in cfg["etas"][1:]:
-        row = [f"{eta:g}"] + [effect_cell(paired_effect(reports(result, eta, m, "after_finetune"),
-                                                         control)) for m in cfg["methods"]]
-        lines.append("| " + " | ".join(row) + " |")
-    out["effects"] = "\n".join(lines)
+    rows = [["0 (control)", f"{cell(base)} → {cell(control)}"] + [""] * (len(cfg["methods"]) - 1)]
+    rows += [[f"{eta:g}"] + [f"{cell(reports(result, eta, m, 'before_finetune'))} → "
+                             f"{cell(reports(result, eta, m, 'after_finetune'))}"
+                             for m in cfg["methods"]] for eta in cfg["etas"][1:]]
+    out = {"memorization": markdown_table(["eta"] + [LABELS[m] for m in cfg["methods"]], rows)}
+    rows = [[f"{eta:g}"] + [effect_cell(paired_effect(reports(result, eta, m, "after_finetune"),
+                                                      control)) for m in cfg["methods"]]
+            for eta in cfg["etas"][1:]]
+    out["effects"] = markdown_table(
+        ["eta"] + [f"{LABELS[m]} − control" for m in cfg["methods"]], rows)
     return out
 
 

@@ -47,7 +47,7 @@ from experiments.common.score_nets import (
     train_score_net,
     training_set,
 )
-from experiments.common.stats import seed_interval, slope_over_seeds
+from experiments.common.stats import as_facts, markdown_table, seed_interval, slope_over_seeds
 from theory.mixtures import paper_mixture
 from theory.networks import mlp_param_count
 
@@ -247,8 +247,8 @@ def transitions(result: dict) -> dict:
 
 def facts(result: dict) -> dict[str, float]:
     """Named numbers the notes quote: every cell (mean and 95% interval over seeds) of
-    memorization ratio and log-likelihood, the paired effects, the transition n and the
-    references' extremes."""
+    memorization ratio and log-likelihood, the paired effects, the transition n, the
+    references' extremes and the parameter count of each width at d_main."""
     cfg, r = result["config"], result["results"]
     out: dict[str, float] = {}
     for d, n, w, wd in jobs(cfg):
@@ -257,8 +257,7 @@ def facts(result: dict) -> dict[str, float]:
         for field in ("ratio", "ratio_low", "ratio_high", "ll", "ll_low", "ll_high"):
             out[f"{field}/{key}"] = a[field]
     for name, e in effects(result).items():
-        for field in ("value", "low", "high", "positive", "n"):
-            out[f"effect/{name}/{field}"] = e[field]
+        out |= as_facts(f"effect/{name}", e)
     t = transitions(result)
     for w, v in t["per_width"].items():
         for field in ("mean", "low", "high", "found"):
@@ -277,14 +276,11 @@ def facts(result: dict) -> dict[str, float]:
     out["true_ratio_max"] = max(x["memorization_ratio"] for x in refs if x["kind"] == "true")
     out["empirical_ratio_min"] = min(x["memorization_ratio"] for x in refs
                                      if x["kind"] == "empirical")
+    for w in cfg["widths"]:
+        out[f"params/w={w}"] = num_params(cfg, cfg["d_main"], w)
     out["data_ll"] = r["data_log_likelihood"][str(cfg["d_main"])]["value"]
     out["data_ll_se"] = r["data_log_likelihood"][str(cfg["d_main"])]["stderr"]
     return out
-
-
-def _table(header: list[str], rows: list[list[str]]) -> str:
-    lines = ["| " + " | ".join(header) + " |", "|" + " --- |" * len(header)]
-    return "\n".join(lines + ["| " + " | ".join(row) + " |" for row in rows])
 
 
 def blocks(result: dict) -> dict[str, str]:
@@ -305,18 +301,18 @@ def blocks(result: dict) -> dict[str, str]:
     for kind in ("empirical", "true"):
         rows.append([f"exact {kind} score"] + [cell(select(r["references"], d=d, n=n, kind=kind))
                                                for n in cfg["ns"]])
-    out["fig3a_width"] = _table(["width (params)"] + [f"n = {n}" for n in cfg["ns"]], rows)
+    out["fig3a_width"] = markdown_table(["width (params)"] + [f"n = {n}" for n in cfg["ns"]], rows)
     rows = [[str(dd)] + [mem(d=dd, n=n, width=cfg["d_width"], weight_decay=base)
                          for n in cfg["d_ns"]] for dd in cfg["ds"]]
     rows += [[f"exact true score, d = {dd}"] + [cell(select(r["references"], d=dd, n=n,
                                                             kind="true")) for n in cfg["d_ns"]]
              for dd in cfg["ds"]]
-    out["fig3a_d"] = _table(["d"] + [f"n = {n}" for n in cfg["d_ns"]], rows)
-    out["fig3b_width"] = _table(
+    out["fig3a_d"] = markdown_table(["d"] + [f"n = {n}" for n in cfg["d_ns"]], rows)
+    out["fig3b_width"] = markdown_table(
         ["memorization / log-likelihood"] + [f"width {w}" for w in cfg["widths"]],
         [[f"n = {n}"] + [both(d=d, n=n, width=w, weight_decay=base) for w in cfg["widths"]]
          for n in cfg["width_ns"]])
-    out["fig3b_wd"] = _table(
+    out["fig3b_wd"] = markdown_table(
         [f"weight decay (width {cfg['wd_width']})"] + [f"{wd:g}" for wd in cfg["weight_decays"]],
         [[f"n = {n}"] + [both(d=d, n=n, width=cfg["wd_width"], weight_decay=wd)
                          for wd in cfg["weight_decays"]] for n in cfg["wd_ns"]])
@@ -324,9 +320,12 @@ def blocks(result: dict) -> dict[str, str]:
     for name, e in effects(result).items():
         what, n, field = name.split("/")
         label = {"ratio": "memorization ratio", "ll": "log-likelihood"}[field]
-        rows.append([f"{what.replace('-', ' − ')}, {n.replace('=', ' = ')}", label,
+        a, b = what.removeprefix("width").removeprefix("wd=").split("-")
+        kind = "width" if what.startswith("width") else "weight decay"
+        rows.append([f"{kind} {a} − {b}, {n.replace('=', ' = ')}", label,
                      effect_cell(e, "+.2f" if field == "ratio" else "+.1f")])
-    out["effects"] = _table(["paired by seed", "on", "difference [95% CI], seeds > 0"], rows)
+    out["effects"] = markdown_table(
+        ["paired by seed", "on", "difference [95% CI], seeds > 0"], rows)
     return out
 
 

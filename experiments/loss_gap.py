@@ -36,7 +36,12 @@ from tqdm import tqdm
 
 from experiments.common.plotting import COLORS, band, new_figure, positive, save_figure
 from experiments.common.runs import Units, main, resolve_device
-from experiments.common.stats import format_interval, format_number, slope_interval
+from experiments.common.stats import (
+    format_interval,
+    format_number,
+    markdown_table,
+    slope_interval,
+)
 from theory.bounds import (
     gaussian_hessian_norm,
     integrated_small_t_gap,
@@ -406,11 +411,6 @@ def facts(result: dict) -> dict[str, float]:
     return out
 
 
-def _table(header: list[str], rows: list[list[str]]) -> str:
-    lines = ["| " + " | ".join(header) + " |", "|" + " --- |" * len(header)]
-    return "\n".join(lines + ["| " + " | ".join(row) + " |" for row in rows])
-
-
 def blocks(result: dict) -> dict[str, str]:
     """Generated markdown tables of Fig. 1 for the notes (figures/claims.py writes them)."""
     r, cfg = result["results"], result["config"]
@@ -423,7 +423,7 @@ def blocks(result: dict) -> dict[str, str]:
 
     slopes = n_slopes(result)
     if slopes:
-        out["n_slopes"] = _table(
+        out["n_slopes"] = markdown_table(
             ["t", "gamma: sigma_t = d^(−gamma)", f"slope of log gap on log n {ci}",
              f"contains −1/d = {fmt(-1 / d, '.3f')}",
              f"gap / closed form, n = {ns[0]} → {int(ns[-1]):,}"],
@@ -436,7 +436,7 @@ def blocks(result: dict) -> dict[str, str]:
 
     rel = [[abs(r["by_n"][n]["direct"]["mean"][k] / r["by_n"][n]["fisher"]["mean"][k] - 1)
             for n in ns] for k in range(times.size)]
-    out["prop41_means"] = _table(
+    out["prop41_means"] = markdown_table(
         ["t", f"max over n of |direct − Fisher| / Fisher (means over {cfg['num_datasets']} sets)"],
         [[fmt(float(t), ".3g"), fmt(max(rel[k]), ".1e")] for k, t in enumerate(times)])
 
@@ -445,13 +445,13 @@ def blocks(result: dict) -> dict[str, str]:
         return format_interval(f["mean"][j], f["ci_low"][j], f["ci_high"][j], spec)
 
     t_fixed = cfg["t_fixed"]
-    out["by_d"] = _table(
+    out["by_d"] = markdown_table(
         ["d"] + [h for t in t_fixed for h in (f"t = {t}: measured {ci}", "closed form")],
         [[x] + [v for j in range(len(t_fixed))
                 for v in (interval(e, j, ",.1f"), fmt(e["closed_form"][j], ",.1f"))]
          for x, e in r["by_d"].items()])
 
-    out["by_var"] = _table(
+    out["by_var"] = markdown_table(
         ["tr Sigma"] + [h for t in t_fixed for h in
                         (f"t = {t}: measured {ci}", "closed form", "d/sigma_t² + tr Sigma")],
         [[fmt(float(e["trace_cov"]), "g")]
@@ -460,7 +460,7 @@ def blocks(result: dict) -> dict[str, str]:
                       fmt(d / float(sigma2(t)) + e["trace_cov"], ",.1f"))]
          for e in r["by_var"].values()])
 
-    out["integrated"] = _table(
+    out["integrated"] = markdown_table(
         ["n", f"int Loss-Gap_t dt {ci}", "closed form"],
         [[f"{int(n):,}", interval(r["integrated"][n], 0, ".2f"),
           fmt(r["integrated_closed_form"], ".2f")] for n in ns])
@@ -473,7 +473,7 @@ def blocks(result: dict) -> dict[str, str]:
     def traces(p):
         return [p["d"] * c for c in p["cov_scales"]]
 
-    out["settings"] = _table(
+    out["settings"] = markdown_table(
         ["", f"{result['profile']} (committed figure)", "paper"],
         [[label, get(run), get(paper)] for label, get in (
             ("d, K", lambda p: f"{p['d']}, {p['K']}"),

@@ -26,7 +26,7 @@ from matplotlib import colormaps
 
 from experiments.common.plotting import COLORS, caption, new_figure, save_figure
 from experiments.common.runs import Units, main, resolve_device, run_units
-from experiments.common.stats import format_interval, slope_interval
+from experiments.common.stats import format_interval, markdown_table, slope_interval
 from theory.capacity import FitBudget, fit_width_sweep, smallest_width
 from theory.empirical import EmpiricalScore
 from theory.mixtures import paper_mixture
@@ -193,9 +193,7 @@ def blocks(result: dict) -> dict[str, str]:
     """The table of W* against n and the slopes, one row per fitted line."""
     cfg = result["config"]
     ns = cfg["ns"]
-    lines = [f"| target | depth | t | W* at n = {', '.join(map(str, ns))} (mean of "
-             f"{cfg['seeds']} training sets) | slope of log W* on log n [95% CI] |",
-             "| --- | --- | --- | --- | --- |"]
+    rows = []
     for panel, target, depth, entry in _entries(result):
         t = result["results"]["panels"][panel]["t"]
         cells = []
@@ -207,9 +205,10 @@ def blocks(result: dict) -> dict[str, str]:
                                                                   sl["ci_high"])
         if sl["not_reached"]:
             slope += f" ({sl['not_reached']} fits beyond the grid left out)"
-        lines.append(f"| {target} | {depth.split('=')[1]} | {t:g} | {', '.join(cells)} | "
-                     f"{slope} |")
-    return {"table": "\n".join(lines)}
+        rows.append([target, depth.split("=")[1], f"{t:g}", ", ".join(cells), slope])
+    header = ["target", "depth", "t", f"W* at n = {', '.join(map(str, ns))} (mean of "
+              f"{cfg['seeds']} training sets)", "slope of log W* on log n [95% CI]"]
+    return {"table": markdown_table(header, rows)}
 
 
 # -- drawing from the JSON ------------------------------------------------------------------------

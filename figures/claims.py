@@ -13,8 +13,9 @@ hand. Two ways to write one:
            classifiers' records, "dit_pruning_rerun" a rerun of the DiT study with other
            float rounding (figures/reruns/) and how it compares ("vs_original/...").
            The format is Python's format spec, plus ``e``-formats
-           written the short way (6.50e6, 1e-3), U+2212 for minus signs, and an optional
-           divisor in front ("/1e9 .3g": FLOP written as GFLOP).
+           written the short way (6.50e6, 1e-3), U+2212 for minus signs, an optional
+           divisor in front ("/1e9 .3g": FLOP written as GFLOP) and suffix K or M at the
+           end ("/1e3 .0fK": 566816 written as 567K).
   block    ``<!-- generated: stem:name -->`` ... ``<!-- /generated -->``: a whole
            markdown block (a table, a paragraph of numbers), the experiment module's
            ``blocks(result)[name]``.
@@ -65,8 +66,8 @@ DOCUMENTS = [REPO_ROOT / "README.md", *sorted((REPO_ROOT / "paper_notes").glob("
 PAPER = REPO_ROOT.parent / "shared" / "paper" / "PAPER.md"
 
 # A numeric token as the prose writes it: optional sign, digits with thousands commas, a
-# fraction, a short exponent, a percent sign.
-NUMBER = r"[-\u2212+]?\d[\d,]*(?:\.\d+)?(?:e[-\u2212+]?\d+)?%?"
+# fraction, a short exponent, a thousands/millions suffix (567K, 0.18M), a percent sign.
+NUMBER = r"[-\u2212+]?\d[\d,]*(?:\.\d+)?(?:e[-\u2212+]?\d+)?[KM]?%?"
 INLINE = re.compile(
     rf"(?P<num>{NUMBER})<!--(?P<stem>\w+):(?P<key>[\w.\-=/]+)(?: (?P<fmt>[^>]*?))?-->")
 BLOCK = re.compile(r"(<!-- generated: (?P<stem>\w+):(?P<name>[\w.\-]+) -->\n)(?P<body>.*?)"
@@ -86,11 +87,11 @@ NAMES = re.compile(
 # PAPER.md wherever that file is present.
 PAPER_NUMBERS = frozenset({
     "-1", "-4", "0", "0.01", "0.02", "0.08", "0.09", "0.12", "0.25", "0.28", "0.3", "0.30",
-    "0.33", "0.39", "0.77", "0.8", "0.94", "1", "1%", "1.12", "10", "1000", "11%", "15.07",
-    "15.47", "16", "17%", "17.14", "2", "20%", "2019", "2021", "2023", "2025", "2026",
-    "2511.03202", "3", "3.1", "3.2", "32", "35%", "4", "4.1", "4.3", "5", "5,000", "5.1",
-    "500", "6", "6.1", "6.2", "61%", "66.87", "68.58", "7", "73.82", "8", "80%", "9", "9%",
-    "92%", "99%",
+    "0.33", "0.39", "0.77", "0.8", "0.94", "1", "1%", "1.12", "10", "1000", "100K", "10K",
+    "11%", "12M", "15.07", "15.47", "16", "17%", "17.14", "1K", "2", "20%", "2019", "2021",
+    "2023", "2025", "2026", "24K", "2511.03202", "3", "3.1", "3.2", "3.2K", "32", "35%", "4",
+    "4.1", "4.3", "44M", "5", "5,000", "5.1", "500", "6", "6.1", "6.2", "61%", "66.87",
+    "68.58", "7", "73.82", "8", "80%", "9", "9%", "92%", "99%",
 })
 PILOT = re.compile(rf"{NUMBER}<!--pilot-->")
 SKIP = re.compile(r"```.*?```|`[^`\n]*`|<!--.*?-->|\]\([^)]*\)|https?://\S+", re.S)
@@ -294,12 +295,16 @@ def unbound_numbers(text: str, allowed: frozenset[str]) -> list[tuple[int, str]]
 
 
 def _formatted(value: float, fmt: str | None) -> str:
-    """format_number(value, fmt), where fmt may start with a divisor: "/1e9 .3g" writes
-    1327497216 as 1.33 (GFLOP from FLOP)."""
+    """format_number(value, fmt), where fmt may start with a divisor and end with a suffix
+    K or M: "/1e9 .3g" writes 1327497216 as 1.33 (GFLOP from FLOP), "/1e3 .0fK" writes
+    566816 as 567K."""
+    suffix = ""
     if fmt and fmt.startswith("/"):
         scale, _, fmt = fmt[1:].partition(" ")
         value = value / float(scale)
-    return format_number(value, fmt or None)
+    if fmt and fmt[-1] in "KM":
+        fmt, suffix = fmt[:-1], fmt[-1]
+    return format_number(value, fmt or None) + suffix
 
 
 def render_text(text: str, sources: Sources) -> str:

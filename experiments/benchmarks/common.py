@@ -42,6 +42,7 @@ __all__ = [
     "config_args",
     "safe_ratio",
     "target_entry",
+    "target_lines",
     "write_json",
     "add_output_args",
     "output_path",
@@ -244,6 +245,16 @@ def safe_ratio(num: float | None, den: float | None) -> float | None:
 def target_entry(value: float | None, bound: float) -> dict:
     """A target as reported: its value, its bound, and whether value <= bound (met)."""
     return {"value": value, "bound": bound, "met": value is not None and value <= bound}
+
+
+def target_lines(targets: dict[str, dict]) -> list[str]:
+    """The report's lines for ``target_entry`` targets: name, value, bound, met or not."""
+    lines = []
+    for name, tgt in targets.items():
+        value = "-" if tgt["value"] is None else f"{tgt['value']:.3f}"
+        lines.append(f"  {name:<40} {value:>9} (bound {tgt['bound']:.3g})  "
+                     f"{'met' if tgt['met'] else 'NOT met'}")
+    return lines
 
 
 def write_json(path: Path, obj: dict) -> None:

@@ -57,6 +57,7 @@ from experiments.benchmarks.common import (
     load_average,
     n_cores,
     target_entry,
+    target_lines,
     time_methods,
     timing_table,
 )
@@ -279,12 +280,7 @@ def format_report(res: dict) -> str:
         "",
         "targets:",
     ]
-    for name, tgt in res["targets"].items():
-        lines.append(
-            f"  {name:<40} {tgt['value']:>7.3f} (bound {tgt['bound']:.3g})  "
-            f"{'met' if tgt['met'] else 'NOT met'}"
-        )
-    return "\n".join(lines)
+    return "\n".join(lines + target_lines(res["targets"]))
 
 
 def _parser() -> argparse.ArgumentParser:

@@ -69,6 +69,7 @@ from experiments.benchmarks.common import (
     run_memory_probes,
     safe_ratio,
     target_entry,
+    target_lines,
     time_methods,
     timing_table,
 )
@@ -422,10 +423,7 @@ def format_report(res: dict) -> str:
         "",
         "targets:",
     ]
-    for name, tgt in res["targets"].items():
-        value = "-" if tgt["value"] is None else f"{tgt['value']:.3f}"
-        lines.append(f"  {name:<40} {value:>7}  {'met' if tgt['met'] else 'NOT met'}")
-    return "\n".join(lines)
+    return "\n".join(lines + target_lines(res["targets"]))
 
 
 def _parser() -> argparse.ArgumentParser:

@@ -40,6 +40,8 @@ __all__ = [
     "format_number",
     "format_interval",
     "interval_stderr",
+    "as_facts",
+    "markdown_table",
 ]
 
 MINUS = "\u2212"  # typographic minus, as the notes write negative numbers
@@ -258,3 +260,19 @@ def format_interval(value: float, low: float, high: float, fmt: str = ".2f") -> 
     """'value [low, high]' with ``format_number``, e.g. '0.70 [0.55, 0.85]'."""
     return (f"{format_number(value, fmt)} [{format_number(low, fmt)}, "
             f"{format_number(high, fmt)}]")
+
+
+def as_facts(prefix: str, interval: dict,
+             fields: Sequence[str] = ("value", "low", "high", "positive", "n")) -> dict:
+    """``interval`` (an ``Interval.to_dict()``, e.g. a paired difference) as named numbers
+    "<prefix>/<field>" for the notes (figures/claims.py)."""
+    return {f"{prefix}/{field}": interval[field] for field in fields}
+
+
+def markdown_table(header: Sequence[str], rows: Sequence[Sequence[str]]) -> str:
+    """A markdown table: a header row, the separator, one line per row (no trailing newline)."""
+    if any(len(row) != len(header) for row in rows):
+        raise ValueError(f"every row must have {len(header)} cells, got "
+                         f"{sorted({len(row) for row in rows})}")
+    lines = ["| " + " | ".join(header) + " |", "|" + " --- |" * len(header)]
+    return "\n".join(lines + ["| " + " | ".join(row) + " |" for row in rows])

@@ -51,7 +51,8 @@ def test_a_stale_bound_number_is_reported_and_rewritten(toy):
     assert claims.check_text(fixed, "doc", sources, allowed) == []
 
 
-@pytest.mark.parametrize("planted", ["0.37", "207", "\u221272", "31,930", "37%", "2.8e4"])
+@pytest.mark.parametrize("planted", ["0.37", "207", "\u221272", "31,930", "37%", "2.8e4",
+                                     "567K"])
 def test_a_hand_typed_number_is_reported(toy, planted):
     sources, allowed = toy
     doc = f"Fine-tuning raises it to {planted} (measured).\n"
@@ -103,7 +104,10 @@ def test_the_snapshot_of_the_papers_numbers_matches_paper_md():
 
 def test_a_divisor_in_the_format_rescales(toy):
     sources, allowed = toy
-    doc = "It holds 6.5<!--toy:results.big /1e6 .1f--> million.\n"
+    doc = ("It holds 6.5<!--toy:results.big /1e6 .1f--> million, "
+           "6.5M<!--toy:results.big /1e6 .1fM-->.\n")
     assert claims.check_text(doc, "doc", sources, allowed) == []
     assert "should be 6.5" in claims.check_text(doc.replace("6.5<", "6.4<"), "doc", sources,
                                                  allowed)[0].message
+    stale = claims.check_text(doc.replace("6.5M<", "6.4M<"), "doc", sources, allowed)
+    assert "should be 6.5M" in stale[0].message

@@ -73,3 +73,14 @@ def test_environment_has_provenance_and_extra() -> None:
     assert env["torch"] == torch.__version__ and "commit" in env
     assert env["threads"] == torch.get_num_threads()
     assert env["load_average_1min_before"] == 0.5
+
+
+def test_target_lines_say_met_only_when_the_value_is_within_its_bound():
+    """A value above its bound reads NOT met, one below reads met, an unmeasured one '-'."""
+    from experiments.benchmarks.common import target_entry, target_lines
+
+    lines = target_lines({"fast": target_entry(0.5, 1.0), "slow": target_entry(1.5, 1.0),
+                          "none": target_entry(None, 1.0)})
+    assert lines[0].endswith(" met") and "0.500" in lines[0]
+    assert lines[1].endswith("NOT met") and "(bound 1)" in lines[1]
+    assert " - " in lines[2] and lines[2].endswith("NOT met")
