@@ -33,9 +33,11 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from experiments.common.data import load_dataset, random_subset
+from experiments.common.config import Int
+from experiments.common.data import IMAGE_SHAPES, load_dataset, random_subset
 from experiments.common.dit import DiT, ScoreDiT
 from experiments.common.features import (
+    NEIGHBOURS_K,
     extract_features,
     feature_extractor,
     quality_report_from_features,
@@ -234,6 +236,26 @@ def run_seed(config: dict, seed: int, etas: list[float]) -> dict:
     return out
 
 
+# Precision/recall's k-nearest-neighbour radii need more than k real and k fake images.
+CONFIG_RULES = {"samples": Int(NEIGHBOURS_K + 1), "real_images": Int(NEIGHBOURS_K + 1)}
+
+
+def check_config(config: dict) -> None:
+    """Relations between keys (run before any work; single keys: experiments/common/config.py)."""
+    if not config["sweep_seeds"] <= config["seeds"]:
+        raise ValueError(f"config sweep_seeds must be in [1, seeds={config['seeds']}], "
+                         f"got {config['sweep_seeds']}")
+    if config["hidden_size"] % config["num_heads"]:
+        raise ValueError(f"config hidden_size={config['hidden_size']} must be a multiple of "
+                         f"num_heads={config['num_heads']}")
+    if config["eta"] <= 0:  # Table 1 compares pruned models: eta = 0 prunes nothing
+        raise ValueError(f"config eta (Table 1's pruning ratio) must be > 0, got {config['eta']}")
+    side = IMAGE_SHAPES[config["dataset"]][-1]
+    if side % config["patch_size"]:
+        raise ValueError(f"config patch_size={config['patch_size']} must divide the "
+                         f"{side}x{side} images of dataset={config['dataset']!r}")
+
+
 def compute(config: dict, units: Units) -> dict:
     """Every seed at the table's eta; the first ``sweep_seeds`` seeds also at every eta of
     the sweep.
@@ -244,9 +266,6 @@ def compute(config: dict, units: Units) -> dict:
     _, world, device = setup_distributed()
     if device is not None:
         config = {**config, "device": str(device)}
-    if not 1 <= config["sweep_seeds"] <= config["seeds"]:
-        raise ValueError(f"sweep_seeds must be in [1, seeds={config['seeds']}], "
-                         f"got {config['sweep_seeds']}")
     sweep = sorted({config["eta"], *config["etas"]})
     tasks = [(f"seed={s}", run_seed,
               (config, s, sweep if s < config["sweep_seeds"] else [config["eta"]]))

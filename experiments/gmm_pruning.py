@@ -27,7 +27,7 @@ import sys
 import numpy as np
 
 from experiments.common.plotting import COLORS, caption, new_figure, save_figure
-from experiments.common.pruning import HiddenUnits, importance, prune, select
+from experiments.common.pruning import HiddenUnits, groups_to_remove, importance, prune, select
 from experiments.common.runs import Units, main, run_units
 from experiments.common.score_nets import (
     CACHE_DIR,
@@ -106,12 +106,21 @@ def prune_and_finetune(config: dict, eta: float, method: str, seed: int) -> dict
             "before_finetune": before, "after_finetune": after}
 
 
+def check_config(config: dict) -> None:
+    """Relations between keys (run before any work; single keys: experiments/common/config.py)."""
+    if config["etas"][0] != 0:
+        raise ValueError(f"config etas must start with 0 (the control), got {config['etas']}")
+    try:  # the largest ratio must leave every hidden layer a unit (HiddenUnits.min_keep)
+        groups_to_remove([config["width"]] * config["depth"], config["etas"][-1],
+                         HiddenUnits.min_keep)
+    except ValueError as err:
+        raise ValueError(f"config etas and width: {err}") from None
+
+
 def compute(config: dict, units: Units) -> dict:
     """Every (eta, method, seed), eta = 0 once per seed (the fine-tuning-only control), in
     ``workers`` processes: first the controls (they train the base networks, which the
     pruned ones then share through the checkpoint cache), then the rest."""
-    if config["etas"][0] != 0:
-        raise ValueError(f"etas must start with 0 (the control), got {config['etas']}")
     seeds = range(config["seeds"])
     controls = [(f"eta={config['etas'][0]}/{config['methods'][0]}/s={s}", prune_and_finetune,
                  (config, config["etas"][0], config["methods"][0], s)) for s in seeds]

@@ -202,6 +202,13 @@ def lipschitz_at(mixture: GaussianMixture, config: dict, times, g) -> dict:
 # -- the whole figure ---------------------------------------------------------------------------
 
 
+def check_config(config: dict) -> None:
+    """Relations between keys (run before any work; single keys: experiments/common/config.py)."""
+    if not config["t_min"] <= SMALL_T:
+        raise ValueError(f"config t_min must be <= {SMALL_T} (the closed-form checks compare "
+                         f"the gap at t <= {SMALL_T}), got {config['t_min']}")
+
+
 def compute(config: dict, units: Units) -> dict:
     """Every number Fig. 1 shows; units cache finished (setting, dataset) pairs."""
     d = config["d"]

@@ -70,6 +70,15 @@ def widths_for(config: dict, depth: int) -> list[int]:
     return [w for w in config["widths"] if depth == 1 or w <= config["max_width_deep"]]
 
 
+def check_config(config: dict) -> None:
+    """Relations between keys (run before any work; single keys: experiments/common/config.py)."""
+    for depth in config["depths"]:  # W* is interpolated between grid widths: it needs two
+        if len(widths_for(config, depth)) < 2:
+            raise ValueError(f"config widths (capped at max_width_deep={config['max_width_deep']}"
+                             f" for depth {depth}) must leave at least two widths, got "
+                             f"{widths_for(config, depth)}")
+
+
 # -- one width sweep ------------------------------------------------------------------------------
 
 

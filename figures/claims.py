@@ -38,7 +38,6 @@ from __future__ import annotations
 
 import argparse
 import importlib
-import json
 import re
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
@@ -46,7 +45,7 @@ from functools import cache
 from pathlib import Path
 from typing import Any
 
-from experiments.common.runs import REPO_ROOT, atomic_write_bytes
+from experiments.common.runs import REPO_ROOT, atomic_write_bytes, read_json
 from experiments.common.stats import MINUS, format_number
 from figures import REGISTRY
 
@@ -137,7 +136,7 @@ def _load(stem: str, folder: Path) -> dict:
         path = folder / RERUNS[stem][1]
     if not path.exists():
         raise KeyError(f"no results file {path.relative_to(REPO_ROOT)} for '{stem}'")
-    return json.loads(path.read_text())
+    return read_json(path, "recompute it (python -m figures --force) or restore it from git")
 
 
 class Sources:
@@ -250,7 +249,7 @@ def allowed_numbers(folder: Path = FIGURES) -> frozenset[str]:
     (PAPER.md)."""
     out: set[str] = {"95%", "99%", "68%"}  # confidence levels: a choice, not a measurement
     for path in folder.glob("*.json"):
-        stored = json.loads(path.read_text())
+        stored = read_json(path, "recompute it (python -m figures --force) or restore it from git")
         out.update(_spellings(stored.get("config", {})))
         # a benchmark's targets (e.g. "<= 1.3 x the bare matmul") are settings too
         out.update(_spellings([t.get("bound") for t in stored.get("targets", {}).values()

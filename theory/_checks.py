@@ -1,8 +1,42 @@
-"""Input checks shared by the theory modules: clear errors naming the argument."""
+"""Input checks shared by the theory modules (and the experiments): clear errors naming
+the argument and what was expected."""
 
 from __future__ import annotations
 
+import math
+from collections.abc import Callable
+
 import torch
+
+
+def check_int(value: object, name: str, low: int = 0, high: int | None = None) -> int:
+    """Return value if it is an integer (not a bool) in [low, high]; raise otherwise."""
+    top = "" if high is None else f" and <= {high}"
+    if (isinstance(value, bool) or not isinstance(value, int) or value < low
+            or (high is not None and value > high)):
+        raise ValueError(f"{name} must be an integer >= {low}{top}, got {value!r}")
+    return value
+
+
+def check_real(
+    value: object, name: str, what: str = "", ok: Callable[[float], bool] = lambda v: True,
+) -> float:
+    """Return float(value) if it is a finite real number with ok(value); raise otherwise.
+
+    what: the accepted range in words for the message, e.g. "> 0".
+    """
+    if (isinstance(value, bool) or not isinstance(value, int | float)
+            or not math.isfinite(value) or not ok(value)):
+        raise ValueError(f"{name} must be a finite number {what}".rstrip() + f", got {value!r}")
+    return float(value)
+
+
+def check_finite(x: torch.Tensor, name: str) -> torch.Tensor:
+    """Return x if every entry is finite; ValueError naming it otherwise (any shape)."""
+    # amax/amin propagate NaN and keep inf, and need no temporary of x's size.
+    if x.numel() and not (torch.isfinite(x.amax()) and torch.isfinite(x.amin())):
+        raise ValueError(f"{name} must be finite, found NaN or inf")
+    return x
 
 
 def check_matrix(
@@ -30,7 +64,4 @@ def check_matrix(
         raise TypeError(f"{name} has dtype {x.dtype}, expected {dtype} (convert with .to())")
     if device is not None and x.device != device:
         raise ValueError(f"{name} is on {x.device}, expected {device}")
-    # amax/amin propagate NaN and keep inf, and need no (rows x cols) temporary.
-    if x.numel() and not (torch.isfinite(x.amax()) and torch.isfinite(x.amin())):
-        raise ValueError(f"{name} must be finite, found NaN or inf")
-    return x
+    return check_finite(x, name)

@@ -24,7 +24,7 @@ import math
 import numpy as np
 import torch
 
-from theory._checks import check_matrix
+from theory._checks import check_int, check_matrix
 
 __all__ = [
     "thm43_rate",
@@ -47,8 +47,10 @@ def _eigvals(eigvals: np.ndarray | torch.Tensor | float, d: int | None = None) -
     lam = np.atleast_1d(np.asarray(eigvals, dtype=float))
     if d is not None and lam.size == 1:
         lam = np.full(d, float(lam[0]))
-    if lam.ndim != 1 or not np.isfinite(lam).all() or (lam < 0).any():
-        raise ValueError(f"eigvals must be a 1-D array of finite values >= 0, got {eigvals!r}")
+    if lam.ndim != 1 or lam.size == 0 or not np.isfinite(lam).all() or (lam < 0).any():
+        raise ValueError(
+            f"eigvals must be a non-empty 1-D array of finite values >= 0, got {eigvals!r}"
+        )
     return lam
 
 
@@ -96,6 +98,7 @@ def integrated_small_t_gap(
 def pairwise_sq_distance_range(points: torch.Tensor, chunk_size: int = 2048) -> tuple[float, float]:
     """min and max of ||x_i - x_j||^2 over pairs i != j of points (n, d), streamed in chunks."""
     check_matrix(points, "points")
+    check_int(chunk_size, "chunk_size", 1)
     n = points.shape[0]
     if n < 2:
         raise ValueError(f"points needs n >= 2 rows for pairwise distances, got {n}")

@@ -26,7 +26,7 @@ from dataclasses import asdict, dataclass
 import numpy as np
 import torch
 
-from theory._checks import check_matrix
+from theory._checks import check_int, check_matrix, check_real
 from theory.empirical import EmpiricalScore
 from theory.networks import MLPEnsemble
 from theory.process import alpha, check_time, forward_sample, generator, sigma2
@@ -48,10 +48,9 @@ class FitBudget:
 
     def __post_init__(self) -> None:
         for name in ("steps", "batch", "eval_draws"):
-            if getattr(self, name) < 1:
-                raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
-        if not self.lr > 0 or self.weight_decay < 0:
-            raise ValueError(f"need lr > 0, weight_decay >= 0; got {self.lr}, {self.weight_decay}")
+            check_int(getattr(self, name), name, 1)
+        check_real(self.lr, "lr", "> 0", lambda v: v > 0)
+        check_real(self.weight_decay, "weight_decay", ">= 0", lambda v: v >= 0)
 
 
 @dataclass(frozen=True)

@@ -15,11 +15,22 @@ with the ||x||^2 term (common to all i) left out of the softmax. That expansion 
 accuracy when sigma_t is small: its rounding error is about u sqrt(d) ||x|| ||y|| / sigma^2
 nats (u the unit roundoff), while the inputs themselves only fix the logits to about
 u sqrt(d) ||x|| / sigma. Rows whose error bound exceeds sqrt(u) nats are therefore
-*refined*: the points whose logits lie within a safe margin of the maximum (found again
-chunk by chunk, skipping chunks whose maximum is out of reach) get exact logits from
-explicit differences x - a y_i, and all weights of that row come from those. The points
-left out carry less than u/n of the mass each. Refinement only touches chunks that hold a
-candidate, so it is cheap where it matters (small t, concentrated weights).
+*refined*: the points whose logits lie within a safe margin of the maximum (the
+candidates) get exact logits, and all weights of that row come from those. The points
+left out carry less than u/n of the mass each.
+
+Refinement must not read the points again: the streaming pass already has every logit,
+so it records each refined row's best point b and its candidates (pairs within reach of
+the running maximum; found again chunk by chunk only if they outgrow a fixed budget). The
+exact logits are differences from b, formed in float64,
+
+    ||x - a y_i||^2 - ||x - a y_b||^2 = a^2 ||y_b - y_i||^2 + 2a (x - a y_b).(y_b - y_i),
+
+because the logits themselves are huge for queries far from the data: at
+||x - a y_i|| = 1e4 and sigma^2 = 1e-2 they are -5e9 nats, which float32 rounds by up to
+256 nats, while the candidates lie a few nats apart. The differences have no such term;
+their rounding error, about u sqrt(d) a ||x - a y_b|| ||y_b - y_i|| / sigma^2 nats, is no
+more than the inputs' own uncertainty, and float64 makes it negligible for float32 inputs.
 """
 
 from __future__ import annotations
@@ -30,7 +41,7 @@ from dataclasses import dataclass
 
 import torch
 
-from theory._checks import check_matrix
+from theory._checks import check_int, check_matrix
 from theory.process import Time, alpha, check_time, sigma2, time_column
 
 __all__ = ["EmpiricalScore"]
@@ -44,11 +55,83 @@ _LOGIT_BLOCK = 2**21
 _POINTS_BLOCK = 2**22
 # Elements of one (batch x chunk x d) block in the covariance pass and the exact pairs.
 _COV_BLOCK = 2**23
+# Candidate pairs the streaming pass keeps for refinement: 20 bytes each (two indices and
+# a logit), so about as much memory as one logit block. Rows with more candidates than
+# that in all (many near-duplicate points) have them found again chunk by chunk.
+_PAIR_BUDGET = 2**19
+# The exact logits are formed in this dtype: exact differences for float32 inputs.
+_WIDE = torch.float64
 
 
 def _rows(column: torch.Tensor, idx: torch.Tensor) -> torch.Tensor:
     """Rows idx of a (1, 1) or (batch, 1) time column."""
     return column if column.shape[0] == 1 else column[idx]
+
+
+@dataclass
+class _Candidates:
+    """Refined rows' best point and candidate pairs, gathered by the streaming pass (internal).
+
+    The pass hands over each chunk's logits before it overwrites them. A pair (b, i) is kept
+    while l_i >= m_b - reach_b, with m_b the running maximum of row b; m_b only grows, so this
+    is a superset of the final candidates, pruned at the end (and whenever it outgrows
+    _PAIR_BUDGET; if even the pruned set does not fit, keeping stops: ``stored`` is False).
+    Only rows whose running maximum is within reach of the chunk's are looked at, a few per
+    chunk once the maxima settle, so the cost is small next to the chunk's matmuls.
+    """
+
+    refined: torch.Tensor  # (batch,) bool
+    reach: torch.Tensor  # (batch, 1) margin + twice the error bound of the expanded logits
+    best: torch.Tensor  # (batch,) int64: the point of the largest expanded logit so far
+    rows: list[torch.Tensor]
+    cols: list[torch.Tensor]
+    values: list[torch.Tensor]  # the expanded logits of the pairs
+    count: int = 0
+    stored: bool = True
+
+    def add(
+        self,
+        logits: torch.Tensor,
+        start: int,
+        chunk_max: torch.Tensor,
+        run_max: torch.Tensor,
+        new_max: torch.Tensor,
+    ) -> None:
+        """Take in one chunk: logits (batch, chunk) of points [start, ...), chunk_max and the
+        running maxima before and after it, each (batch, 1)."""
+        floor = new_max - self.reach  # (batch, 1)
+        sel = self.refined & (chunk_max >= floor)[:, 0]
+        if not sel.any():
+            return
+        block = logits.detach()
+        if sel.all():  # typical of the first chunk: no copy
+            r, c = torch.nonzero(block >= floor, as_tuple=True)
+        else:
+            idx = torch.nonzero(sel).squeeze(1)
+            r, c = torch.nonzero(block.index_select(0, idx) >= floor[idx], as_tuple=True)
+            r = idx[r]
+        values = block[r, c]
+        # A row's maximum is among its pairs (chunk_max >= floor), and amax returned one of
+        # the logits, so equality finds it: no argmax over the block.
+        lead = (chunk_max > run_max)[r, 0] & (values == chunk_max[r, 0])
+        self.best[r[lead]] = c[lead] + start
+        if not self.stored:
+            return
+        self.rows.append(r)
+        self.cols.append(c + start)
+        self.values.append(values)
+        self.count += r.numel()
+        if self.count > _PAIR_BUDGET:
+            self.prune(floor)
+            if self.count > _PAIR_BUDGET:
+                self.stored, self.rows, self.cols, self.values = False, [], [], []
+
+    def prune(self, threshold: torch.Tensor) -> None:
+        """Drop the pairs whose logit is below their row's threshold (batch, 1)."""
+        rows, cols, values = (torch.cat(v) for v in (self.rows, self.cols, self.values))
+        keep = values >= threshold[rows, 0]
+        self.rows, self.cols, self.values = [rows[keep]], [cols[keep]], [values[keep]]
+        self.count = int(keep.sum())
 
 
 @dataclass
@@ -66,8 +149,10 @@ class _Posterior:
     refined: torch.Tensor  # (batch,) bool
     threshold: torch.Tensor  # (batch, 1) expanded logits below it are dropped in refined rows
     chunk_max: torch.Tensor  # (batch, chunks) max expanded logit of each chunk
-    exact_max: torch.Tensor | None = None  # (batch,) refined rows: w_i = exp(l_i - max) / sum
-    exact_sum: torch.Tensor | None = None  # (batch,)
+    best: torch.Tensor  # (batch,) int64 refined rows: the point b of the largest logit
+    pairs: tuple[torch.Tensor, torch.Tensor] | None  # candidates (rows, cols); None: rescan
+    exact_max: torch.Tensor | None = None  # (batch,) wide: w_i = exp(l_i - l_b - max) / sum
+    exact_sum: torch.Tensor | None = None  # (batch,) wide
 
     def exact_weights(self, rows: torch.Tensor, logits: torch.Tensor) -> torch.Tensor:
         """Weights of exact-logit pairs; max and sum kept apart so rows sum to 1 exactly."""
@@ -85,8 +170,8 @@ class EmpiricalScore:
 
     def __init__(self, points: torch.Tensor, chunk_size: int | None = None) -> None:
         self.points = check_matrix(points, "points")
-        if chunk_size is not None and chunk_size < 1:
-            raise ValueError(f"chunk_size must be a positive integer, got {chunk_size}")
+        if chunk_size is not None:
+            check_int(chunk_size, "chunk_size", 1)
         self.chunk_size = chunk_size
         self.sq_norms = torch.einsum("ij,ij->i", points, points)  # (n,), no n x d temporary
         self.max_norm = float(self.sq_norms.max().sqrt())
@@ -137,6 +222,14 @@ class EmpiricalScore:
         run_sum = torch.zeros((batch, 1), dtype=x.dtype, device=x.device)
         acc = torch.zeros((batch, self.d), dtype=x.dtype, device=x.device)
         chunk_max = []
+        x_norm2 = x.square().sum(dim=1, keepdim=True)
+        err = self._dot_err * (a * x_norm2.sqrt() + a.square() * self.max_norm) * self.max_norm / s2
+        refined = (err > self._refine_tol).squeeze(1)
+        reach = self._margin + 2 * err
+        cand = None
+        if refined.any():
+            best = torch.zeros(batch, dtype=torch.int64, device=x.device)
+            cand = _Candidates(refined, reach, best, rows=[], cols=[], values=[])
         # exp() is ~10x slower where it underflows; flooring the shifted logits at
         # 0.9 log(tiny) keeps it on its fast path and changes each weight by less than
         # exp(floor) (7e-35 in float32) relative to the largest, far below rounding.
@@ -146,36 +239,41 @@ class EmpiricalScore:
             # The shift cancels in log-sum-exp, so it needs no gradient (as in torch.logsumexp).
             chunk_max.append(logits.detach().amax(dim=1, keepdim=True))
             new_max = torch.maximum(run_max, chunk_max[-1])
+            if cand is not None:  # before the logits are overwritten below
+                cand.add(logits, start, chunk_max[-1], run_max, new_max)
             rescale = torch.exp(run_max - new_max)  # 0 on the first chunk
             p = logits.sub_(new_max).clamp_(min=floor).exp_()
             run_sum = run_sum * rescale + p.sum(dim=1, keepdim=True)
             acc = torch.addmm(acc * rescale, p, self.points[start : start + size])
             run_max = new_max
-        x_norm2 = x.square().sum(dim=1, keepdim=True)
-        err = self._dot_err * (a * x_norm2.sqrt() + a.square() * self.max_norm) * self.max_norm / s2
         post = _Posterior(
             log_norm=(run_max + run_sum.log() - x_norm2 / (2 * s2)).squeeze(1),
             mean=acc / run_sum,
             run_max=run_max,
             run_sum=run_sum,
-            refined=(err > self._refine_tol).squeeze(1),
-            threshold=run_max - self._margin - 2 * err,
+            refined=refined,
+            threshold=run_max - reach,
             chunk_max=torch.cat(chunk_max, dim=1),
+            best=torch.zeros(batch, dtype=torch.int64, device=x.device),
+            pairs=None,
         )
-        if post.refined.any():
+        if cand is not None:
+            if cand.stored:
+                cand.prune(post.threshold)
+                post.pairs = (cand.rows[0], cand.cols[0])
+            post.best = cand.best
             self._refine(x, a, s2, post)
         return post
 
-    def _exact(
+    def _rescan(
         self, x: torch.Tensor, a: torch.Tensor, s2: torch.Tensor, post: _Posterior
-    ) -> Iterator[tuple[torch.Tensor, torch.Tensor, torch.Tensor]]:
-        """Exact logits -||x_b - a y_i||^2/(2 s2) of the candidate pairs (b, i) of refined rows.
+    ) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+        """Candidate pairs (rows, cols) of refined rows, found again chunk by chunk.
 
-        Yields (rows, cols, logits), each (pairs,), chunk by chunk; only chunks whose maximum
-        reaches a row's threshold are searched, and differences are formed in small blocks.
+        Used only when the streaming pass could not keep them (``post.pairs`` is None);
+        only chunks whose maximum reaches a row's threshold are searched.
         """
         size = self._chunk_size(x.shape[0])
-        pair_block = max(1, _COV_BLOCK // self.d)
         for j, start in enumerate(range(0, self.n, size)):
             rows = torch.nonzero(post.refined & (post.chunk_max[:, j] >= post.threshold[:, 0]))
             rows = rows.squeeze(1)
@@ -183,35 +281,86 @@ class EmpiricalScore:
                 continue
             logits = self._logits(x[rows], _rows(a, rows), _rows(s2, rows), start, start + size)
             r, c = torch.nonzero(logits >= post.threshold[rows], as_tuple=True)
-            r, c = rows[r], c + start
-            for lo in range(0, r.numel(), pair_block):
-                rb, cb = r[lo : lo + pair_block], c[lo : lo + pair_block]
-                diff = x[rb] - _rows(a, rb) * self.points[cb]  # (pairs, d)
-                yield rb, cb, -diff.square().sum(dim=1) / (2 * _rows(s2, rb)[:, 0])
+            yield rows[r], c + start
+
+    def _exact(
+        self, x: torch.Tensor, a: torch.Tensor, s2: torch.Tensor, post: _Posterior
+    ) -> Iterator[tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]]:
+        """Exact logits of the candidate pairs (r, i) of refined rows other than the best
+        point b = post.best[r], relative to it, in float64:
+
+            l_i - l_b = -(a^2 ||y_i - y_b||^2 - 2a (x_r - a y_b).(y_i - y_b)) / (2 s2),
+
+        free of the huge ||x_r - a y_b||^2 (l_b - l_b = 0 needs no computing: most refined
+        rows have no other candidate). Yields (rows, cols, logits, steps): rows, cols and
+        logits of shape (pairs,), steps = y_i - y_b of shape (pairs, d), in blocks that bound
+        these (pairs, d) temporaries.
+        """
+        found = [post.pairs] if post.pairs is not None else self._rescan(x, a, s2, post)
+        block = max(1, _LOGIT_BLOCK // self.d)
+        for rows, cols in found:
+            other = cols != post.best[rows]
+            rows, cols = rows[other], cols[other]
+            for lo in range(0, rows.numel(), block):
+                r, c = rows[lo : lo + block], cols[lo : lo + block]
+                ar, s2r = _rows(a, r).to(_WIDE), _rows(s2, r)[:, 0].to(_WIDE)
+                anchor = self.points[post.best[r]].to(_WIDE)  # y_b, (pairs, d)
+                step = self.points[c].to(_WIDE) - anchor
+                offset = x[r].to(_WIDE) - ar * anchor  # x - a y_b
+                sq = torch.einsum("pd,pd->p", step, step)
+                cross = torch.einsum("pd,pd->p", offset, step)
+                ar = ar[:, 0]
+                yield r, c, -ar * (ar * sq - 2 * cross) / (2 * s2r), step
 
     def _refine(self, x: torch.Tensor, a: torch.Tensor, s2: torch.Tensor, post: _Posterior) -> None:
-        """Replace log_norm and mean of the refined rows by their exact-logit values.
+        """Replace log_norm and mean of the refined rows by their exact-logit values:
 
-        index_add adds a row's pairs one by one, so in float32 a weight below u/2 of the
-        running sum would be lost (up to n u / 2 of the mass in all); the sums are therefore
-        accumulated in float64, which keeps every pair the margin admits.
+            log_norm = l_b + log sum_i exp(l_i - l_b),   mean = y_b + sum_i w_i (y_i - y_b),
+
+        with l_b = -||x - a y_b||^2 / (2 s2) computed directly (large, but only its relative
+        accuracy matters) and the mean's small correction rounded on its own, so that rows
+        with one candidate get y_b exactly. index_add adds a row's pairs one by one, so in
+        float32 a weight below u/2 of the running sum would be lost (up to n u / 2 of the mass
+        in all); the sums are therefore accumulated in float64, which keeps every pair the
+        margin admits.
         """
-        batch, wide = x.shape[0], torch.float64
-        run_max = torch.full((batch,), -math.inf, dtype=x.dtype, device=x.device)
-        run_sum = torch.zeros(batch, dtype=wide, device=x.device)
-        acc = torch.zeros((batch, self.d), dtype=wide, device=x.device)
-        for r, c, logits in self._exact(x, a, s2, post):
+        batch, dev = x.shape[0], x.device
+        # Sums start with the best point: logit l_b - l_b = 0, so max 0 and sum exp(0) = 1.
+        run_max = torch.zeros(batch, dtype=_WIDE, device=dev)
+        run_sum = torch.ones(batch, dtype=_WIDE, device=dev)
+        shift = None  # (batch, d) wide: sum_i p_i (y_i - y_b), once a row has other candidates
+        for r, _, logits, step in self._exact(x, a, s2, post):
+            if shift is None:
+                shift = torch.zeros((batch, self.d), dtype=_WIDE, device=dev)
             new_max = run_max.scatter_reduce(0, r, logits, reduce="amax")
-            # Rows without a pair so far keep -inf; their (empty) sums need no rescaling.
-            rescale = torch.where(new_max > -math.inf, torch.exp(run_max - new_max), 1.0).to(wide)
-            p = torch.exp(logits - new_max[r]).to(wide)
+            rescale = torch.exp(run_max - new_max)
+            p = torch.exp(logits - new_max[r])
             run_sum = (run_sum * rescale).index_add(0, r, p)
-            acc = (acc * rescale[:, None]).index_add(0, r, p[:, None] * self.points[c].to(wide))
+            shift = (shift * rescale[:, None]).index_add(0, r, p[:, None] * step)
             run_max = new_max
-        done = post.refined
-        post.log_norm[done] = (run_max + run_sum.log().to(x.dtype))[done]
-        post.mean[done] = (acc / run_sum[:, None]).to(x.dtype)[done]
-        post.exact_max, post.exact_sum = run_max, run_sum.to(x.dtype)
+        # (batch x d) temporaries are costly here (fresh pages), hence the in-place updates.
+        rows = torch.nonzero(post.refined).squeeze(1)
+        anchor = self.points[post.best[rows]]  # y_b, (refined, d)
+        offset = anchor.to(_WIDE, copy=True).mul_(-_rows(a, rows).to(_WIDE)).add_(x[rows])
+        best_logit = -torch.einsum("kd,kd->k", offset, offset) / (2 * _rows(s2, rows)[:, 0])
+        post.log_norm[rows] = (best_logit + run_max[rows] + run_sum[rows].log()).to(x.dtype)
+        if shift is not None:
+            anchor += (shift[rows] / run_sum[rows, None]).to(x.dtype)
+        post.mean[rows] = anchor
+        post.exact_max, post.exact_sum = run_max, run_sum
+
+    def _exact_weights(
+        self, x: torch.Tensor, a: torch.Tensor, s2: torch.Tensor, post: _Posterior
+    ) -> Iterator[tuple[torch.Tensor, torch.Tensor, torch.Tensor]]:
+        """Weights (rows, cols, w), each (pairs,), of all candidates of refined rows, their
+        best points first; w in x's dtype. Needs the exact sums of ``_refine``."""
+        if post.exact_max is None:  # no row refined
+            return
+        rows = torch.nonzero(post.refined).squeeze(1)
+        zero = torch.zeros(rows.numel(), dtype=_WIDE, device=x.device)
+        yield rows, post.best[rows], post.exact_weights(rows, zero).to(x.dtype)
+        for r, c, logits, _ in self._exact(x, a, s2, post):
+            yield r, c, post.exact_weights(r, logits).to(x.dtype)
 
     # -- public quantities ----------------------------------------------------------------
 
@@ -236,8 +385,8 @@ class EmpiricalScore:
         post = self._posterior(x, a, s2)
         size = self._chunk_size(x.shape[0])
         w = torch.cat([blk for _, _, blk in self._weight_blocks(x, a, s2, post, size)], dim=1)
-        for r, c, logits in self._exact(x, a, s2, post):
-            w[r, c] = post.exact_weights(r, logits)
+        for r, c, wr in self._exact_weights(x, a, s2, post):
+            w[r, c] = wr
         return w
 
     def denoiser(self, x: torch.Tensor, t: Time) -> torch.Tensor:
@@ -267,11 +416,11 @@ class EmpiricalScore:
             centred = self.points[lo:hi][None] - mean[:, None]  # (batch, chunk, d)
             cov += torch.bmm(centred.transpose(1, 2), centred * w[..., None])
         outer_block = max(1, _COV_BLOCK // (self.d * self.d))
-        for rows, cols, logits in self._exact(x, a, s2, post):
+        for rows, cols, weights in self._exact_weights(x, a, s2, post):
             for lo in range(0, rows.numel(), outer_block):
                 r, c = rows[lo : lo + outer_block], cols[lo : lo + outer_block]
                 centred = self.points[c] - mean[r]  # (pairs, d)
-                w = post.exact_weights(r, logits[lo : lo + outer_block])
+                w = weights[lo : lo + outer_block]
                 cov.index_add_(0, r, (w[:, None] * centred)[:, :, None] * centred[:, None, :])
         return cov
 

@@ -25,7 +25,7 @@ import numpy as np
 import torch
 from scipy import stats
 
-from theory._checks import check_matrix
+from theory._checks import check_finite, check_int, check_matrix
 from theory.empirical import EmpiricalScore
 from theory.mixtures import GaussianMixture
 from theory.process import alpha, check_time, generator, sigma
@@ -62,6 +62,7 @@ class Estimate:
         num = draws.numel()
         if num < 2:
             raise ValueError(f"need at least 2 draws for a standard error, got {num}")
+        check_finite(draws, "draws")
         return cls(float(draws.mean()), float(draws.std() / math.sqrt(num)), num)
 
     def ci(self, level: float = 0.95) -> tuple[float, float]:
@@ -92,8 +93,7 @@ def draw_training_noise(
     X_t = alpha_t x_i + sigma_t eps is then a draw from P_hat_t.
     """
     check_matrix(points, "points")
-    if num < 1:
-        raise ValueError(f"num must be >= 1, got {num}")
+    check_int(num, "num", 1)
     idx = torch.randint(points.shape[0], (num,), generator=generator)
     eps = torch.randn((num, points.shape[1]), generator=generator, dtype=points.dtype)
     return idx.to(points.device), eps.to(points.device)
@@ -113,9 +113,10 @@ def dsm_loss_terms(
     return (eps / s + score(alpha(t) * x0 + s * eps, t)).square().sum(dim=1)
 
 
-def _batched(num: int, batch_size: int):
-    for lo in range(0, num, batch_size):
-        yield lo, min(lo + batch_size, num)
+def _batched(num: int, batch_size: int) -> list[tuple[int, int]]:
+    """(lo, hi) of consecutive batches of at most batch_size of num draws."""
+    check_int(batch_size, "batch_size", 1)
+    return [(lo, min(lo + batch_size, num)) for lo in range(0, num, batch_size)]
 
 
 def dsm_loss(
@@ -127,11 +128,9 @@ def dsm_loss(
     batch_size: int = 1024,
 ) -> Estimate:
     """(1/n) sum_i l_t(x_i, s): the per-time training DSM loss of eq. (3.1), by Monte Carlo."""
+    batches = _batched(num, batch_size)
     idx, eps = draw_training_noise(points, num, generator)
-    terms = [
-        dsm_loss_terms(score, points[idx[lo:hi]], t, eps[lo:hi])
-        for lo, hi in _batched(num, batch_size)
-    ]
+    terms = [dsm_loss_terms(score, points[idx[lo:hi]], t, eps[lo:hi]) for lo, hi in batches]
     return Estimate.from_draws(torch.cat(terms))
 
 
@@ -151,11 +150,12 @@ def loss_gap(
     fisher = ||s_hat(X_t) - s(X_t)||^2. Pass ``empirical`` to reuse a built EmpiricalScore.
     """
     check_time(t)
+    batches = _batched(num, batch_size)
     emp = empirical if empirical is not None else EmpiricalScore(points)
     idx, eps = draw_training_noise(points, num, generator)
     a, s = alpha(t), sigma(t)
     direct, fisher = [], []
-    for lo, hi in _batched(num, batch_size):
+    for lo, hi in batches:
         x_t = a * points[idx[lo:hi]] + s * eps[lo:hi]
         target = -eps[lo:hi] / s
         s_true, s_emp = true_score(x_t, t), emp.score(x_t, t)
@@ -180,8 +180,10 @@ def integrated_loss_gap(
     nodes t_j (num_nodes,), per-node LossGap).
     """
     check_time(t0, name="t0")
+    check_time(T, name="T")
     if not T > t0:
         raise ValueError(f"T must exceed t0={t0}, got {T}")
+    check_int(num_nodes, "num_nodes", 1)
     u, w = np.polynomial.legendre.leggauss(num_nodes)
     lo, hi = math.log(t0), math.log(T)
     u = 0.5 * (hi - lo) * u + 0.5 * (hi + lo)

@@ -13,6 +13,29 @@ true score (W independent of n). Here a member of the class is ``ScoreMLP``: inp
 The denoiser form is what practical diffusion models learn; at small t the raw score
 is dominated by its -x/sigma_t^2 part, which the parametrization supplies exactly.
 
+The parametrization is part of a network's identity: ``extra_repr`` names it, so it is in
+``repr(net)`` and hence in the training-checkpoint key (experiments.common.training.
+checkpoint_path hashes the repr with the starting weights, which one seed makes equal for
+every parametrization). Without it a cached "denoiser" network was loaded and read as
+"eps": at d = 32, n = 32, width 512 x 3 by the quick recipe (the cached networks of the
+GMM figures) its samples' mean distance to the nearest training point was 595 to 1.0e4
+(log-likelihood -1.8e5 to -6.3e7, seeds 0-2), while "eps" networks really trained by
+that recipe sample as well as the true score (log-likelihood -49.9, -47.5, -48.5 vs -48.0
+for the true-score sampler). The 1/sigma_t of "eps" at t0 = 1e-3 is not a weak point:
+with the true score swapped in for all t > 0.01, an "eps" net's samples land where the
+true score puts them.
+
+All three are sound for the reverse-SDE samplers when trained enough; they differ at large
+t, where p_t ~ N(0, I) and the score is ~ -x. "denoiser" supplies -x/sigma_t^2 exactly
+and the network adds only alpha_t net / sigma_t^2 (alpha_8 = 0.018); "score" and "eps"
+must learn that linear map. The reverse drift x/2 + s expands unless s supplies it (s = -x
+gives -x/2), so an under-fitted linear part pushes trajectories outward at t > 1, where
+the network has never seen them, and they do not come back. Measured at d = 32, n = 32,
+width 128 x 3, 1,000 steps (an under-trained budget): log-likelihood "denoiser" -55,
+"score" -415, "eps" -939 (true score -48); the "eps" net with the true score for t > 1
+reaches -45, with the true score for t < 1 only -195. Hence "denoiser" is the default
+here and in experiments.common.score_nets.NetSpec.
+
 ``MLPEnsemble`` holds G such networks of different widths (same depth) in one flat
 parameter, run as a few batched matmuls over buckets of members padded to a common
 width, so that a whole width sweep trains as one model: member g's outputs and
@@ -28,6 +51,7 @@ from collections.abc import Sequence
 import torch
 from torch import nn
 
+from theory._checks import check_matrix
 from theory.process import Time, alpha, check_time, sigma, sigma2, time_column
 
 __all__ = [
@@ -92,8 +116,10 @@ def as_score(
     return -out / sigma(t)
 
 
-def _time_input(x: torch.Tensor, t: Time) -> torch.Tensor:
-    """t as a (batch,) tensor for x of shape (batch, d), after checking t > 0."""
+def _time_input(x: torch.Tensor, t: Time, d: int) -> torch.Tensor:
+    """t as a (batch,) tensor for x of shape (batch, d), after checking that x is a finite
+    (batch, d) matrix and t finite and > 0."""
+    check_matrix(x, "x", cols=d, allow_empty=True)
     check_time(t)
     return time_column(t, x).expand(x.shape[0], 1)[:, 0]
 
@@ -135,9 +161,14 @@ class ScoreMLP(nn.Module):
         """N: the number of parameters (all trainable)."""
         return sum(p.numel() for p in self.parameters())
 
+    def extra_repr(self) -> str:
+        # In repr(net), hence in the checkpoint key: nets that differ only in how their
+        # output is read must not share a checkpoint (module docstring).
+        return f"d={self.d}, parametrization={self.parametrization!r}"
+
     def raw(self, x: torch.Tensor, t: Time) -> torch.Tensor:
         """The network output before the parametrization, shape (batch, d)."""
-        return self._raw(x, _time_input(x, t))
+        return self._raw(x, _time_input(x, t, self.d))
 
     def _raw(self, x: torch.Tensor, tt: torch.Tensor) -> torch.Tensor:
         h = torch.cat([x, self.embed(tt)], dim=1)  # (batch, d + emb)
@@ -146,7 +177,7 @@ class ScoreMLP(nn.Module):
         return self.out(h)  # (batch, d)
 
     def forward(self, x: torch.Tensor, t: Time) -> torch.Tensor:
-        tt = _time_input(x, t)
+        tt = _time_input(x, t, self.d)
         return as_score(self._raw(x, tt), x, tt[:, None], self.parametrization)
 
 
@@ -297,6 +328,9 @@ class MLPEnsemble(nn.Module):
         pos = sum(len(b) for b in self.buckets[:j]) + i  # member's row in bucket order
         return views + [mine[-1][i, :, :w], pieces[-1][0][pos, :, 0]]
 
+    def extra_repr(self) -> str:
+        return f"d={self.d}, widths={self.widths}, parametrization={self.parametrization!r}"
+
     @property
     def G(self) -> int:
         """The number of members."""
@@ -335,9 +369,7 @@ class MLPEnsemble(nn.Module):
 
     def forward(self, x: torch.Tensor, t: Time) -> torch.Tensor:
         """Scores of all members: x (batch, d), t float or (batch,) -> (G, batch, d)."""
-        if x.ndim != 2 or x.shape[1] != self.d:
-            raise ValueError(f"x must have shape (batch, {self.d}), got {tuple(x.shape)}")
-        tt = _time_input(x, t)
+        tt = _time_input(x, t, self.d)
         out = self.raw(x, tt)
         return as_score(out, x[None], tt[None, :, None], self.parametrization)
 

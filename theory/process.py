@@ -15,6 +15,8 @@ import numpy as np
 import torch
 from scipy import special
 
+from theory._checks import check_int, check_matrix
+
 Time = float | torch.Tensor
 
 __all__ = [
@@ -44,14 +46,16 @@ def check_time(t: Time, *, name: str = "t", allow_zero: bool = False) -> None:
 
 
 def alpha(t: Time) -> Time:
-    """alpha_t = exp(-t/2), the signal coefficient of X_t | X_0 (§3). Same shape as t."""
+    """alpha_t = exp(-t/2), the signal coefficient of X_t | X_0 (§3). Same shape as t >= 0."""
+    check_time(t, allow_zero=True)
     if isinstance(t, torch.Tensor):
         return torch.exp(-0.5 * t)
     return math.exp(-0.5 * t)
 
 
 def sigma2(t: Time) -> Time:
-    """sigma_t^2 = 1 - exp(-t), the noise variance of X_t | X_0 (§3), via expm1."""
+    """sigma_t^2 = 1 - exp(-t), the noise variance of X_t | X_0 (§3), via expm1; t >= 0."""
+    check_time(t, allow_zero=True)
     if isinstance(t, torch.Tensor):
         return -torch.expm1(-t)
     return -math.expm1(-t)
@@ -86,6 +90,7 @@ def forward_sample(
 
     x0: (batch, d); t: float or (batch,). Returns (x_t, eps), both (batch, d).
     """
+    check_matrix(x0, "x0", allow_empty=True)
     check_time(t)
     tc = time_column(t, x0)
     # Draw where the generator lives, so a CPU generator fixes the numbers on any device.
@@ -97,10 +102,10 @@ def forward_sample(
 def log_time_grid(t_min: float, t_max: float, num: int) -> np.ndarray:
     """num log-spaced times from t_min to t_max inclusive, shape (num,)."""
     check_time(t_min, name="t_min")
+    check_time(t_max, name="t_max")
     if not t_max > t_min:
         raise ValueError(f"t_max must exceed t_min={t_min}, got {t_max}")
-    if num < 2:
-        raise ValueError(f"num must be >= 2, got {num}")
+    check_int(num, "num", 2)
     return np.geomspace(t_min, t_max, num)
 
 

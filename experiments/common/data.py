@@ -45,6 +45,7 @@ from experiments.common.runs import REPO_ROOT, atomic_write_bytes
 
 __all__ = [
     "DATASETS",
+    "IMAGE_SHAPES",
     "CIFAR10_CLASSES",
     "CIFAR10_TARBALL",
     "CIFAR10_TARBALL_MD5",
@@ -59,6 +60,9 @@ __all__ = [
 ]
 
 DATASETS = ("digits", "cifar10")
+# (channels, height, width) of one image of each dataset, known before anything is loaded
+# so that configs can be checked against it (e.g. a DiT patch size must divide the side).
+IMAGE_SHAPES = {"digits": (1, 8, 8), "cifar10": (3, 32, 32)}
 SPLITS = ("train", "test")
 CIFAR10_CLASSES = (
     "airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck",

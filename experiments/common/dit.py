@@ -40,6 +40,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from theory._checks import check_finite
 from theory.networks import PARAMETRIZATIONS, as_score
 from theory.process import Time, check_time, time_column
 
@@ -463,7 +464,7 @@ class DiT(nn.Module):
         nn.init.zeros_(self.final_layer.linear.bias)
 
     def check_input(self, x: torch.Tensor) -> None:
-        """Raise TypeError/ValueError unless x is a tensor of shape (B, C, S, S)."""
+        """Raise TypeError/ValueError unless x is a finite tensor of shape (B, C, S, S)."""
         S, C = self.input_size, self.in_channels
         if not isinstance(x, torch.Tensor):
             raise TypeError(f"x must be a torch.Tensor, got {type(x).__name__}")
@@ -481,6 +482,7 @@ class DiT(nn.Module):
                 f"input_size must be divisible by patch_size={self.patch_size}): "
                 f"shape {want}, got {tuple(x.shape)}"
             )
+        check_finite(x, "x")
 
     def _check_labels(self, y: torch.Tensor | None, batch: int) -> None:
         if self.y_embedder is None:
@@ -522,6 +524,7 @@ class DiT(nn.Module):
         if t.shape != (B,):
             raise ValueError(f"t must be a scalar or of shape (batch,) = ({B},), "
                              f"got shape {tuple(t.shape)}")
+        check_finite(t, "t")
         self._check_labels(y, B)
         x = self.x_embedder(x) + self.pos_embed  # (B, N, D)
         c = self.t_embedder(t)  # (B, D)
@@ -604,6 +607,11 @@ class ScoreDiT(nn.Module):
                 f"parametrization must be one of {PARAMETRIZATIONS}, got {parametrization!r}"
             )
         self.dit, self.parametrization = dit, parametrization
+
+    def extra_repr(self) -> str:
+        # In repr(net), hence in the training-checkpoint key: DiTs that differ only in how
+        # their output is read must not share a checkpoint (see theory/networks.py).
+        return f"parametrization={self.parametrization!r}"
 
     @classmethod
     def from_preset(

@@ -36,7 +36,8 @@ Train (and ship) a classifier::
 from __future__ import annotations
 
 import argparse
-import json
+import hashlib
+import io
 import math
 import os
 import time
@@ -51,14 +52,17 @@ from torch import nn
 
 from experiments.common.runs import (
     REPO_ROOT,
+    CorruptFileError,
     atomic_write_bytes,
     atomic_write_json,
     provenance,
+    read_json,
     resolve_device,
 )
 from theory._checks import check_matrix
 
 __all__ = [
+    "NEIGHBOURS_K",
     "INCEPTION_ENV",
     "INCEPTION_FILENAME",
     "FEATURE_NETS_DIR",
@@ -76,6 +80,10 @@ __all__ = [
     "labelled_metrics",
     "main",
 ]
+
+# k of the k-nearest-neighbour radii in precision/recall (Kynkaanniemi et al. 2019 use 3);
+# a set of features needs more than k rows.
+NEIGHBOURS_K = 3
 
 INCEPTION_ENV = "MEMSEP_INCEPTION"
 INCEPTION_FILENAME = "pt_inception-2015-12-05-6726825d.pt"
@@ -393,8 +401,6 @@ class ClassifierFeatures(nn.Module):
     def save(self, path: str | os.PathLike) -> tuple[Path, Path]:
         """Write the float32 state dict to ``path`` (.pt) and the JSON record (with the
         architecture config) to the same path with suffix .json, atomically. Returns both."""
-        import io
-
         path = Path(path)
         buf = io.BytesIO()
         state = {k: v.detach().cpu().contiguous() for k, v in self.state_dict().items()}
@@ -402,7 +408,8 @@ class ClassifierFeatures(nn.Module):
         atomic_write_bytes(path, buf.getvalue())
         record = {**self.record, "dataset": self.dataset, "arch": self.arch, "name": self.name,
                   "feature_dim": self.feature_dim, "config": self.config,
-                  "weights": path.name, "weights_bytes": len(buf.getvalue())}
+                  "weights": path.name, "weights_bytes": len(buf.getvalue()),
+                  "weights_sha256": hashlib.sha256(buf.getvalue()).hexdigest()}
         record.setdefault("torch_version", torch.__version__)
         json_path = path.with_suffix(".json")
         atomic_write_json(json_path, record)
@@ -413,20 +420,27 @@ class ClassifierFeatures(nn.Module):
     def load(cls, path: str | os.PathLike, map_location: str | torch.device = "cpu"
              ) -> ClassifierFeatures:
         """The classifier saved by :meth:`save` at ``path`` (.pt, with its .json next to it),
-        in eval mode. FileNotFoundError names the missing file."""
+        in eval mode. FileNotFoundError names the missing file; CorruptFileError names a
+        weights file whose SHA-256 differs from the one its record stores."""
         path = Path(path)
         json_path = path.with_suffix(".json")
         for f in (path, json_path):
             if not f.is_file():
                 raise FileNotFoundError(f"classifier file {f} not found (save() writes both "
                                         f"{path.name} and {json_path.name})")
-        record = json.loads(json_path.read_text())
+        record = read_json(json_path, "restore it (git checkout) or train the classifier again")
         if record.get("arch") != cls.arch:
             raise ValueError(
                 f"{json_path} records arch {record.get('arch')!r}, expected {cls.arch!r}"
             )
+        raw = path.read_bytes()
+        if hashlib.sha256(raw).hexdigest() != record.get("weights_sha256"):
+            raise CorruptFileError(
+                f"{path} does not match the SHA-256 recorded in {json_path.name} (damaged or "
+                "replaced); restore it (git checkout) or train it again (this module's train)")
         model = cls(record["dataset"], **record["config"])
-        model.load_state_dict(torch.load(path, map_location=map_location, weights_only=True))
+        state = torch.load(io.BytesIO(raw), map_location=map_location, weights_only=True)
+        model.load_state_dict(state)
         model.record = record
         return model.eval()
 
@@ -636,7 +650,7 @@ def _fraction_inside(points: torch.Tensor, centers: torch.Tensor, radii: torch.T
 
 
 def precision_recall(
-    real: torch.Tensor, fake: torch.Tensor, k: int = 3, chunk_size: int = 2048
+    real: torch.Tensor, fake: torch.Tensor, k: int = NEIGHBOURS_K, chunk_size: int = 2048
 ) -> tuple[float, float]:
     """Improved precision and recall (Kynkaanniemi et al. 2019) of fake features (M, F) against
     real features (N, F): each point's ball has radius the distance to its k-th nearest
@@ -662,7 +676,7 @@ def precision_recall(
 
 
 def quality_report_from_features(
-    real: torch.Tensor, fake: torch.Tensor, feature_space: str, *, k: int = 3,
+    real: torch.Tensor, fake: torch.Tensor, feature_space: str, *, k: int = NEIGHBOURS_K,
     kid_subsets: int = 100, kid_subset_size: int | None = None, seed: int = 0,
 ) -> dict[str, Any]:
     """All metrics of real features (N, F) against fake (M, F) in the feature space named
@@ -690,9 +704,9 @@ def quality_report_from_features(
 
 
 def quality_report(
-    real_images: torch.Tensor, fake_images: torch.Tensor, extractor: nn.Module, *, k: int = 3,
-    kid_subsets: int = 100, kid_subset_size: int | None = None, seed: int = 0,
-    batch_size: int = 256, progress: bool = False,
+    real_images: torch.Tensor, fake_images: torch.Tensor, extractor: nn.Module, *,
+    k: int = NEIGHBOURS_K, kid_subsets: int = 100, kid_subset_size: int | None = None,
+    seed: int = 0, batch_size: int = 256, progress: bool = False,
 ) -> dict[str, Any]:
     """FD, KID (mean, std), precision and recall of fake images (M, C, H, W) against real
     images (N, C, H, W), both in [-1, 1], on the features of ``extractor`` (see

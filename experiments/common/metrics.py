@@ -15,7 +15,7 @@ from collections.abc import Sequence
 
 import torch
 
-from theory._checks import check_matrix
+from theory._checks import check_int, check_matrix
 from theory.loss_gap import Estimate
 from theory.mixtures import GaussianMixture
 
@@ -58,6 +58,8 @@ def two_nearest(
     """
     check_matrix(samples, "samples")
     check_matrix(train, "train", cols=samples.shape[1], dtype=samples.dtype)
+    if chunk_size is not None:
+        check_int(chunk_size, "chunk_size", 1)
     n = train.shape[0]
     if n < 2:
         raise ValueError(f"train must hold n >= 2 points for a nearest-neighbour ratio, got {n}")

@@ -27,7 +27,7 @@ from __future__ import annotations
 import copy
 import math
 from abc import ABC, abstractmethod
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 
 import torch
@@ -48,6 +48,7 @@ __all__ = [
     "normalize_per_layer",
     "importance",
     "select",
+    "groups_to_remove",
     "masks_from_keep",
     "prune",
 ]
@@ -341,6 +342,23 @@ def importance(
     return normalize_per_layer(raw)
 
 
+def groups_to_remove(sizes: Sequence[int], eta: float, min_keep: int = 0) -> int:
+    """floor(eta * H), the number of groups ``select`` removes from layers of ``sizes``
+    groups (H their sum); ValueError naming eta when that many cannot go while every layer
+    keeps ``min_keep`` (so a config can be checked before any training)."""
+    if not (isinstance(eta, int | float) and 0 <= eta < 1):
+        raise ValueError(f"eta (pruning ratio) must be in [0, 1), got {eta!r}")
+    if min_keep < 0:
+        raise ValueError(f"min_keep must be >= 0, got {min_keep}")
+    total = sum(sizes)
+    remove = math.floor(eta * total)
+    removable = sum(max(0, s - min_keep) for s in sizes)
+    if remove > removable:
+        raise ValueError(f"eta={eta} removes {remove} of {total} groups, but only {removable} "
+                         f"can go while every layer keeps min_keep={min_keep}")
+    return remove
+
+
 def select(scores: Scores, eta: float, min_keep: int = 0) -> dict[str, torch.Tensor]:
     """keep masks (bool, (groups,) per layer) without the floor(eta * H) lowest groups overall.
 
@@ -348,18 +366,10 @@ def select(scores: Scores, eta: float, min_keep: int = 0) -> dict[str, torch.Ten
     layer and group. A group whose removal would leave its layer with fewer than
     ``min_keep`` groups is skipped and the next lowest is taken instead.
     """
-    if not (isinstance(eta, int | float) and 0 <= eta < 1):
-        raise ValueError(f"eta (pruning ratio) must be in [0, 1), got {eta!r}")
-    if min_keep < 0:
-        raise ValueError(f"min_keep must be >= 0, got {min_keep}")
     layers = list(scores)
     sizes = [scores[k].numel() for k in layers]
     total = sum(sizes)
-    remove = math.floor(eta * total)
-    removable = sum(max(0, s - min_keep) for s in sizes)
-    if remove > removable:
-        raise ValueError(f"eta={eta} removes {remove} of {total} groups, but only {removable} "
-                         f"can go while every layer keeps min_keep={min_keep}")
+    remove = groups_to_remove(sizes, eta, min_keep)
     flat = torch.cat([scores[k].detach().double().cpu() for k in layers])
     owner = torch.cat([torch.full((s,), i) for i, s in enumerate(sizes)])
     order = torch.argsort(flat, stable=True)

@@ -18,7 +18,9 @@ from __future__ import annotations
 
 import argparse
 import ast
+import hashlib
 import importlib
+import io
 import json
 import multiprocessing
 import os
@@ -36,16 +38,24 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
+from experiments.common.config import validate_experiment_config
+
 __all__ = [
     "REPO_ROOT",
     "PROFILE_NAMES",
+    "CorruptFileError",
     "Units",
     "apply_overrides",
     "atomic_write_json",
     "atomic_write_bytes",
+    "read_json",
+    "move_aside",
+    "save_checkpoint",
+    "load_checkpoint",
     "default_out_dir",
     "execute",
     "main",
+    "module_name",
     "provenance",
     "resolve_device",
     "run_units",
@@ -58,8 +68,24 @@ PROFILE_NAMES = ("smoke", "quick", "gpu", "paper")  # "gpu": one GPU, minutes (D
 # -- files ----------------------------------------------------------------------------------
 
 
+class CorruptFileError(ValueError):
+    """A stored file (result, partial result, checkpoint) that cannot be read back as written.
+
+    The message names the file and says how to recover (delete it, or ``--force``)."""
+
+
+def _umask() -> int:
+    mask = os.umask(0)  # the only portable way to read the umask is to set it
+    os.umask(mask)
+    return mask
+
+
 def atomic_write_bytes(path: Path, data: bytes) -> None:
-    """Write data to path via a temporary file and a rename, so no reader sees half a file."""
+    """Write data to path via a temporary file and a rename, so no reader sees half a file.
+
+    The file gets the permissions of a plainly created one (0666 less the umask), not the
+    0600 of the temporary file.
+    """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
@@ -67,6 +93,7 @@ def atomic_write_bytes(path: Path, data: bytes) -> None:
         with os.fdopen(fd, "wb") as f:
             f.write(data)
             f.flush()
+            os.fchmod(f.fileno(), 0o666 & ~_umask())
             os.fsync(f.fileno())
         os.replace(tmp, path)
     except BaseException:
@@ -74,23 +101,83 @@ def atomic_write_bytes(path: Path, data: bytes) -> None:
         raise
 
 
-def _jsonable(obj: Any) -> Any:
+def _jsonable(obj: Any, where: str = "") -> Any:
+    # where: the path of obj inside the value being written, for the error message
     if isinstance(obj, dict):
-        return {str(k): _jsonable(v) for k, v in obj.items()}
+        return {str(k): _jsonable(v, f"{where}/{k}") for k, v in obj.items()}
     if isinstance(obj, list | tuple):
-        return [_jsonable(v) for v in obj]
+        return [_jsonable(v, f"{where}[{i}]") for i, v in enumerate(obj)]
     if isinstance(obj, np.ndarray | torch.Tensor):
-        return _jsonable(obj.tolist())
+        return _jsonable(obj.tolist(), where)
     if isinstance(obj, np.generic):
-        return obj.item()
+        return _jsonable(obj.item(), where)
     if isinstance(obj, float) and not np.isfinite(obj):
-        raise ValueError(f"refusing to write a non-finite number ({obj}) to a results file")
+        raise ValueError(f"refusing to write a non-finite number ({obj}) to a results file, "
+                         f"at {where or '/'}")
     return obj
 
 
 def atomic_write_json(path: Path, obj: Any) -> None:
     """Write obj as indented JSON atomically; NumPy/torch values become lists and floats."""
     atomic_write_bytes(path, (json.dumps(_jsonable(obj), indent=1) + "\n").encode())
+
+
+def read_json(path: Path, recover: str = "delete it") -> Any:
+    """The JSON value stored at path; CorruptFileError naming the file (and ``recover``, how
+    to get past it) when it is not valid UTF-8 JSON, e.g. cut short by a full disk."""
+    path = Path(path)
+    try:
+        return json.loads(path.read_bytes().decode("utf-8"))
+    except (UnicodeDecodeError, json.JSONDecodeError) as err:
+        raise CorruptFileError(f"{path} is corrupt (not valid JSON: {err}); {recover}") from None
+
+
+def move_aside(path: Path, suffix: str = "corrupt",
+               why: str = "unreadable") -> Path:
+    """Rename path to <path>.<suffix> (or .<suffix>-2, ...: an earlier one is never
+    overwritten), keeping it for inspection; print where it went and ``why``."""
+    path = Path(path)
+    target, k = path.with_name(f"{path.name}.{suffix}"), 1
+    while target.exists():
+        k += 1
+        target = path.with_name(f"{path.name}.{suffix}-{k}")
+    os.replace(path, target)
+    print(f"moved the {why} {path.name} aside to {target}")
+    return target
+
+
+# A checkpoint is this header line, the SHA-256 of the payload, a newline, then the payload
+# (torch.save's bytes). torch.load does not notice a flipped byte inside a tensor, so
+# without the digest a damaged file would resume training from different weights.
+_CKPT_MAGIC = b"memsep-checkpoint/1 sha256="
+
+
+def save_checkpoint(path: Path, state: Any) -> None:
+    """Write ``state`` (anything torch.save takes) to path atomically, with its digest."""
+    buf = io.BytesIO()
+    torch.save(state, buf)
+    payload = buf.getvalue()
+    digest = hashlib.sha256(payload).hexdigest().encode()
+    atomic_write_bytes(Path(path), _CKPT_MAGIC + digest + b"\n" + payload)
+
+
+def load_checkpoint(path: Path, map_location: str | torch.device = "cpu") -> Any:
+    """The state saved by ``save_checkpoint`` at path, after verifying its digest.
+
+    CorruptFileError names the file when its digest or its header does not match (a
+    damaged or truncated file, or one written without a digest): delete it to recompute.
+    """
+    path = Path(path)
+    raw = path.read_bytes()
+    head, sep, payload = raw.partition(b"\n")
+    recover = "delete it to train again from the start"
+    if not sep or not head.startswith(_CKPT_MAGIC):
+        raise CorruptFileError(f"{path} is not a memsep checkpoint with a digest (damaged, or "
+                               f"written by an older version); {recover}")
+    if hashlib.sha256(payload).hexdigest().encode() != head[len(_CKPT_MAGIC):]:
+        raise CorruptFileError(f"{path} is corrupt: its content does not match the SHA-256 "
+                               f"digest stored in it; {recover}")
+    return torch.load(io.BytesIO(payload), map_location=map_location, weights_only=False)
 
 
 # -- configuration --------------------------------------------------------------------------
@@ -106,7 +193,8 @@ def _parse_value(text: str) -> Any:
 def apply_overrides(config: dict, sets: Iterable[str]) -> dict:
     """A copy of config with each "key=value" applied; value is a Python literal.
 
-    Unknown keys and values of another type than the default raise ValueError naming them.
+    Unknown keys and values of another type than the default raise ValueError naming them
+    (a default of None accepts any literal); ranges are checked by ``validate_config``.
     """
     out = dict(config)
     for item in sets:
@@ -116,7 +204,9 @@ def apply_overrides(config: dict, sets: Iterable[str]) -> dict:
         if key not in config:
             raise ValueError(f"--set: unknown key {key!r}; known keys: {', '.join(sorted(config))}")
         value, default = _parse_value(text), config[key]
-        if isinstance(default, bool):
+        if default is None:
+            ok = True
+        elif isinstance(default, bool):
             ok = isinstance(value, bool)
         elif isinstance(default, float):
             ok = isinstance(value, int | float) and not isinstance(value, bool)
@@ -179,17 +269,32 @@ class Units:
 
     ``units.get(key, fn)`` returns the stored value of ``key`` or computes ``fn()``, stores it
     and saves the file atomically, so a run killed at any point resumes after its last
-    finished unit. The partial file is tied to the config: a different config starts afresh.
+    finished unit. The partial file is tied to the config: one of a different config is
+    moved aside (to <name>.stale) and the run starts afresh, so no finished unit is lost
+    silently. An unreadable partial file is refused (CorruptFileError naming it) unless
+    ``force``, which moves it aside (to <name>.corrupt) and starts afresh.
     """
 
-    def __init__(self, path: Path | None, config: dict) -> None:
+    def __init__(self, path: Path | None, config: dict, force: bool = False) -> None:
         self.path, self.config = path, _jsonable(config)
         self.done: dict[str, Any] = {}
-        if path is not None and path.exists():
-            stored = json.loads(path.read_text())
-            if stored.get("config") == self.config:
-                self.done = stored["units"]
-                print(f"resuming {path.name}: {len(self.done)} finished units")
+        if path is None or not path.exists():
+            return
+        try:
+            stored = read_json(path, "rerun with --force to move it aside and start afresh")
+            if not (isinstance(stored, dict) and isinstance(stored.get("units"), dict)):
+                raise CorruptFileError(f"{path} is not a partial-results file (no 'units'); "
+                                       "rerun with --force to move it aside and start afresh")
+        except CorruptFileError:
+            if not force:
+                raise
+            move_aside(path)
+            return
+        if stored.get("config") == self.config:
+            self.done = stored["units"]
+            print(f"resuming {path.name}: {len(self.done)} finished units")
+        else:
+            move_aside(path, "stale", "partial results of another config,")
 
     def get(self, key: str, fn: Callable[[], Any]) -> Any:
         if key not in self.done:
@@ -287,20 +392,34 @@ def execute(
     force: bool = False,
     plot: bool = True,
 ) -> dict:
-    """Run (or reuse) one experiment's profile; write <out>/<NAME>.json and its figure."""
+    """Run (or reuse) one experiment's profile; write <out>/<NAME>.json and its figure.
+
+    The config (profile plus overrides) is validated first (experiments/common/config.py):
+    a bad value raises ValueError naming the key, before any file is written. A stored
+    result of the same config is reused unless ``force``; an unreadable one is refused
+    (CorruptFileError naming it) unless ``force``, which moves it aside and recomputes.
+    """
     if profile not in experiment.PROFILES:
         raise ValueError(f"profile must be one of {sorted(experiment.PROFILES)}, got {profile!r}")
     config = apply_overrides(experiment.PROFILES[profile], overrides)
+    validate_experiment_config(experiment, config)
     out_dir = Path(out_dir) if out_dir is not None else default_out_dir(profile)
     path = out_dir / f"{experiment.NAME}.json"
     result = None
-    if path.exists() and not force:
-        stored = json.loads(path.read_text())
-        if stored.get("config") == _jsonable(config) and stored.get("profile") == profile:
+    if path.exists():
+        try:
+            stored = read_json(path, "rerun with --force to move it aside and recompute")
+        except CorruptFileError:
+            if not force:
+                raise
+            move_aside(path)
+            stored = None
+        if (not force and isinstance(stored, dict) and stored.get("config") == _jsonable(config)
+                and stored.get("profile") == profile):
             print(f"{experiment.NAME}: reusing {path} (--force recomputes)")
             result = stored
     if result is None:
-        units = Units(out_dir / f"{experiment.NAME}.partial.json", config)
+        units = Units(out_dir / f"{experiment.NAME}.partial.json", config, force)
         start = time.perf_counter()
         numbers = experiment.compute(config, units)
         result = {
@@ -321,20 +440,38 @@ def execute(
     return result
 
 
+def module_name(module: ModuleType) -> str:
+    """The importable name of a module, also when it runs as ``python -m pkg.mod`` (whose
+    ``__name__`` is then "__main__")."""
+    spec = getattr(module, "__spec__", None)
+    return spec.name if spec is not None and spec.name else module.__name__
+
+
 def main(experiment: ModuleType, argv: list[str] | None = None) -> dict:
-    """Command line of every experiment script: --profile, --set, --out, --force, --no-plot."""
+    """Command line of every experiment script: --profile, --set, --out, --force, --no-plot.
+
+    A bad --set (unknown key, wrong type, value out of range) is a usage error (exit 2)
+    naming the key; so is an unreadable stored result, which --force moves aside.
+    """
     summary = (experiment.__doc__ or "").split("\n")[0]
-    parser = argparse.ArgumentParser(prog=f"python -m {experiment.__name__}", description=summary)
+    parser = argparse.ArgumentParser(prog=f"python -m {module_name(experiment)}",
+                                     description=summary)
     parser.add_argument("--profile", default="quick", choices=sorted(experiment.PROFILES))
     parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                         help="override a config entry (Python literal), repeatable")
     parser.add_argument("--out", type=Path, default=None,
                         help="output folder (default: figures/ if quick, else runs/<profile>/)")
-    parser.add_argument("--force", action="store_true", help="recompute even if a result exists")
+    parser.add_argument("--force", action="store_true",
+                        help="recompute even if a result exists (an unreadable result or "
+                             "partial file is moved aside to <name>.corrupt)")
     parser.add_argument("--no-plot", action="store_true", help="write the JSON only")
     args = parser.parse_args(argv)
     try:  # bad overrides are usage errors; errors from the run itself propagate as they are
-        apply_overrides(experiment.PROFILES[args.profile], args.set)
+        config = apply_overrides(experiment.PROFILES[args.profile], args.set)
+        validate_experiment_config(experiment, config)
     except ValueError as err:
         parser.error(str(err))
-    return execute(experiment, args.profile, args.set, args.out, args.force, not args.no_plot)
+    try:
+        return execute(experiment, args.profile, args.set, args.out, args.force, not args.no_plot)
+    except CorruptFileError as err:
+        parser.exit(1, f"{parser.prog}: error: {err}\n")

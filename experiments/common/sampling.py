@@ -21,9 +21,10 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
+from theory._checks import check_int
 from theory.process import log_time_grid
 
-__all__ = ["sampling_times", "reverse_sde", "probability_flow", "sample"]
+__all__ = ["METHODS", "sampling_times", "reverse_sde", "probability_flow", "sample"]
 
 ScoreFn = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
 METHODS = ("exponential", "euler_maruyama", "heun_ode")
@@ -31,8 +32,7 @@ METHODS = ("exponential", "euler_maruyama", "heun_ode")
 
 def sampling_times(T: float, t0: float, steps: int) -> np.ndarray:
     """steps + 1 times from T down to t0, log-spaced (dense near t0), shape (steps + 1,)."""
-    if steps < 1:
-        raise ValueError(f"steps must be >= 1, got {steps}")
+    check_int(steps, "steps", 1)
     try:
         return log_time_grid(t0, T, steps + 1)[::-1].copy()
     except ValueError as err:  # name the sampler's arguments, not the grid's
@@ -41,6 +41,16 @@ def sampling_times(T: float, t0: float, steps: int) -> np.ndarray:
 
 def _column(t: float, x: torch.Tensor) -> torch.Tensor:
     return torch.full((x.shape[0],), t, dtype=x.dtype, device=x.device)
+
+
+def _score_at(score: ScoreFn, x: torch.Tensor, t: float) -> torch.Tensor:
+    """score(x, t) (batch, d), refused where it is not finite: a diverged network must
+    stop the sampler at the time it fails, not pass NaN on as samples."""
+    s = score(x, _column(t, x))
+    if not (torch.isfinite(s.amax()) and torch.isfinite(s.amin())):
+        raise FloatingPointError(f"the score is not finite at t = {t:.4g} (NaN or inf): the "
+                                 "network diverged or was trained with too large a step")
+    return s
 
 
 def reverse_sde(
@@ -63,7 +73,7 @@ def reverse_sde(
     for k in tqdm(steps, desc="reverse SDE", leave=False, disable=not progress):
         t, t_next = float(times[k]), float(times[k + 1])
         h = t - t_next
-        s = score(x, _column(t, x))
+        s = _score_at(score, x, t)
         z = torch.randn(x.shape, generator=generator, dtype=x.dtype, device=where).to(x.device)
         if method == "exponential":
             x = math.exp(h / 2) * x + 2 * math.expm1(h / 2) * s + math.sqrt(math.expm1(h)) * z
@@ -79,7 +89,7 @@ def probability_flow(
     with Heun's method (second order); x (batch, d)."""
 
     def velocity(y: torch.Tensor, t: float) -> torch.Tensor:
-        return -0.5 * y - 0.5 * score(y, _column(t, y))
+        return -0.5 * y - 0.5 * _score_at(score, y, t)
 
     steps = range(len(times) - 1)
     for k in tqdm(steps, desc="probability flow", leave=False, disable=not progress):
@@ -110,12 +120,17 @@ def sample(
     """
     if method not in METHODS:
         raise ValueError(f"method must be one of {METHODS}, got {method!r}")
-    if num < 1 or d < 1:
-        raise ValueError(f"num and d must be >= 1, got num={num}, d={d}")
+    check_int(num, "num", 1)
+    check_int(d, "d", 1)
     times = sampling_times(T, t0, steps)
     where = generator.device if generator is not None else device
     x = torch.randn((num, d), generator=generator, dtype=dtype, device=where).to(device)
     with torch.no_grad():
         if method == "heun_ode":
-            return probability_flow(score, x, times, progress)
-        return reverse_sde(score, x, times, generator, method, progress)
+            x = probability_flow(score, x, times, progress)
+        else:
+            x = reverse_sde(score, x, times, generator, method, progress)
+    if not torch.isfinite(x).all():  # finite scores, but a step overflowed
+        raise FloatingPointError(f"the {method} sampler produced non-finite samples "
+                                 f"({steps} steps from T={T} to t0={t0})")
+    return x

@@ -25,7 +25,7 @@ from torch import nn
 
 from experiments.common.metrics import mean_log_likelihood, nearest_ratio
 from experiments.common.runs import REPO_ROOT, resolve_device
-from experiments.common.sampling import sample
+from experiments.common.sampling import METHODS, sample
 from experiments.common.stats import (
     format_interval,
     interval_stderr,
@@ -34,9 +34,10 @@ from experiments.common.stats import (
     proportion_interval,
 )
 from experiments.common.training import TrainConfig, checkpoint_path, train
+from theory._checks import check_int, check_real
 from theory.empirical import EmpiricalScore
 from theory.mixtures import GaussianMixture
-from theory.networks import ScoreMLP
+from theory.networks import PARAMETRIZATIONS, ScoreMLP
 from theory.process import generator
 
 __all__ = [
@@ -63,11 +64,30 @@ _TRAIN_STREAM, _SAMPLE_STREAM, _REFERENCE_STREAM = 1, 2, 3  # derive_seed keys: 
 
 @dataclass(frozen=True)
 class NetSpec:
-    """A ScoreMLP: hidden widths (one int per hidden layer), embedding size, parametrization."""
+    """A ScoreMLP: hidden widths (one int per hidden layer), embedding size, parametrization.
+
+    The default parametrization is "denoiser", as for ScoreMLP and every study here; "eps"
+    and "score" must learn the score's -x part at large t themselves and sample badly when
+    under-trained (theory/networks.py's docstring has the measurements). The
+    parametrization is in the network's repr, hence in its checkpoint key: specs differing
+    only in it never share a cached network.
+    """
 
     widths: tuple[int, ...]
     emb_dim: int = 16
-    parametrization: str = "eps"
+    parametrization: str = "denoiser"
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.widths, tuple) or not self.widths:
+            raise ValueError(f"widths must be a non-empty tuple of ints >= 1, got {self.widths!r}")
+        for i, w in enumerate(self.widths):
+            check_int(w, f"widths[{i}]", 1)
+        check_int(self.emb_dim, "emb_dim", 2)
+        if self.emb_dim % 2:
+            raise ValueError(f"emb_dim must be even (sin and cos pairs), got {self.emb_dim}")
+        if self.parametrization not in PARAMETRIZATIONS:
+            raise ValueError(f"parametrization must be one of {PARAMETRIZATIONS}, "
+                             f"got {self.parametrization!r}")
 
     @classmethod
     def uniform(cls, width: int, depth: int, **kwargs) -> NetSpec:
@@ -84,6 +104,14 @@ class SamplerSpec:
     t0: float = 1e-3
     steps: int = 400
     method: str = "exponential"
+
+    def __post_init__(self) -> None:
+        check_int(self.num, "num", 2)  # the memorization ratio and the intervals need >= 2
+        check_int(self.steps, "steps", 1)
+        check_real(self.t0, "t0", "> 0", lambda v: v > 0)
+        check_real(self.T, "T", f"> t0 = {self.t0}", lambda v: v > self.t0)
+        if self.method not in METHODS:
+            raise ValueError(f"method must be one of {METHODS}, got {self.method!r}")
 
 
 def train_config(config: dict, seed: int, weight_decay: float | None = None,

@@ -215,7 +215,10 @@ def slope_interval(x: Sequence[float], y: Sequence[float], level: float = 0.95) 
     if np.ptp(xs) == 0:
         raise ValueError("x must take at least two distinct values")
     fit = stats.linregress(xs, ys)
-    half = float(stats.t.ppf(0.5 + level / 2, df=xs.size - 2)) * float(fit.stderr)
+    # linregress gives stderr NaN (via r = 0/0) for a constant y, a perfect fit: its
+    # residuals, hence its standard error, are 0.
+    stderr = 0.0 if np.ptp(ys) == 0 else float(fit.stderr)
+    half = float(stats.t.ppf(0.5 + level / 2, df=xs.size - 2)) * stderr
     return Interval(float(fit.slope), float(fit.slope) - half, float(fit.slope) + half,
                     xs.size, level, "least squares, t")
 

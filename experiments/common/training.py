@@ -8,9 +8,12 @@ contribute O(1) (the usual noise-prediction weighting). The model is any module 
 forward(x (batch, ...), t (batch,)) -> score of x's shape: a ScoreMLP, a DiT.
 
 The loop is resumable: a checkpoint (model, EMA, optimizer and the random generator's
-state) is written atomically every ``checkpoint_every`` steps and at the end, and a run
-started with an existing checkpoint of the same config continues where it stopped, with
-the same numbers as an uninterrupted run (CPU).
+state) is written atomically every ``checkpoint_every`` steps and at the end, with a SHA-256
+digest of its content that is verified on load (a damaged file is refused, naming it), and
+a run started with an existing checkpoint of the same config continues where it stopped,
+with the same numbers as an uninterrupted run (CPU). A checkpoint of another config is
+not resumed: training starts afresh and overwrites it. A non-finite loss stops training
+with an error before it reaches a checkpoint.
 
 Distributed data parallel: started under ``torchrun --nproc_per_node=N`` (NCCL on GPU,
 gloo on CPU; ``setup_distributed`` joins the process group), every rank draws the same
@@ -24,7 +27,6 @@ from __future__ import annotations
 
 import copy
 import hashlib
-import io
 import json
 import math
 import os
@@ -37,7 +39,8 @@ from torch import nn
 from torch.nn.parallel import DistributedDataParallel
 from tqdm import tqdm
 
-from experiments.common.runs import atomic_write_bytes, resolve_device
+from experiments.common.runs import load_checkpoint, resolve_device, save_checkpoint
+from theory._checks import check_int, check_real
 from theory.process import BetaTimeSampler, alpha, sigma
 
 __all__ = [
@@ -75,9 +78,12 @@ class TrainConfig:
 
     def __post_init__(self) -> None:
         for name in ("steps", "batch", "checkpoint_every"):
-            if getattr(self, name) < 1:
-                raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
-        if not (0 < self.t0 < self.T):
+            check_int(getattr(self, name), name, 1)
+        check_int(self.seed, "seed", 0)
+        for name in ("lr", "t0", "T", "beta_a", "beta_b"):
+            check_real(getattr(self, name), name, "> 0", lambda v: v > 0)
+        check_real(self.weight_decay, "weight_decay", ">= 0", lambda v: v >= 0)
+        if not self.t0 < self.T:
             raise ValueError(f"need 0 < t0 < T, got t0={self.t0}, T={self.T}")
         if self.time_sampling not in TIME_SAMPLING:
             raise ValueError(
@@ -87,10 +93,10 @@ class TrainConfig:
             raise ValueError(
                 f"lr_schedule must be one of {LR_SCHEDULES}, got {self.lr_schedule!r}"
             )
-        if self.ema is not None and not 0 < self.ema < 1:
-            raise ValueError(f"ema must be None or in (0, 1), got {self.ema}")
-        if not self.lr > 0 or self.weight_decay < 0:
-            raise ValueError(f"need lr > 0, weight_decay >= 0; got {self.lr}, {self.weight_decay}")
+        if self.ema is not None:
+            check_real(self.ema, "ema", "in (0, 1) or None", lambda v: 0 < v < 1)
+        if self.grad_clip is not None:  # a clip <= 0 would flip or zero every step
+            check_real(self.grad_clip, "grad_clip", "> 0 or None", lambda v: v > 0)
 
 
 def learning_rate(config: TrainConfig, step: int) -> float:
@@ -189,8 +195,8 @@ def train(
     generator = torch.Generator().manual_seed(config.seed)  # on CPU: same draws on any device
     step, losses = 0, []
     if checkpoint is not None and Path(checkpoint).exists():
-        state = torch.load(checkpoint, map_location=dev, weights_only=False)
-        if state["config"] == asdict(config):  # another config starts afresh
+        state = load_checkpoint(Path(checkpoint), map_location=dev)  # refuses a damaged file
+        if state["config"] == asdict(config):  # another config starts afresh (and overwrites)
             model.load_state_dict(state["model"])
             if ema is not None:
                 ema.load_state_dict(state["ema"])
@@ -206,11 +212,10 @@ def train(
     def save() -> None:
         if checkpoint is None or rank != 0:
             return
-        buf = io.BytesIO()
-        torch.save({"config": asdict(config), "model": model.state_dict(),
-                    "ema": None if ema is None else ema.state_dict(), "opt": opt.state_dict(),
-                    "generator": generator.get_state(), "step": step, "losses": losses}, buf)
-        atomic_write_bytes(Path(checkpoint), buf.getvalue())
+        save_checkpoint(Path(checkpoint), {
+            "config": asdict(config), "model": model.state_dict(),
+            "ema": None if ema is None else ema.state_dict(), "opt": opt.state_dict(),
+            "generator": generator.get_state(), "step": step, "losses": losses})
 
     end = config.steps if stop_after is None else min(config.steps, stop_after)
     bar = tqdm(total=config.steps, initial=step, desc="DSM training",
@@ -238,6 +243,10 @@ def train(
             dist.all_reduce(loss)
             loss /= world
         losses.append(float(loss.detach()))
+        if not math.isfinite(losses[-1]):  # stop before a NaN reaches the weights or a file
+            raise FloatingPointError(
+                f"DSM loss is {losses[-1]} at step {step} (lr={config.lr}, grad_clip="
+                f"{config.grad_clip}): training diverged; lower lr or clip the gradients")
         if step % config.checkpoint_every == 0:
             save()
         bar.update(1)

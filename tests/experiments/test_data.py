@@ -16,6 +16,7 @@ from experiments.common import data
 from experiments.common.data import (
     CIFAR10_TARBALL,
     DATA_ROOT_ENV,
+    IMAGE_SHAPES,
     load_cifar10,
     load_dataset,
     load_digits,
@@ -67,6 +68,7 @@ def write_tarball(folder: Path, batches: dict[str, np.ndarray], labels: dict[str
 def test_digits_shape_range_labels():
     x, y = load_digits()
     assert x.shape == (1797, 1, 8, 8) and x.dtype == torch.float32
+    assert x.shape[1:] == IMAGE_SHAPES["digits"]  # what configs are checked against
     assert x.min() == -1.0 and x.max() == 1.0
     assert y.shape == (1797,) and y.dtype == torch.int64
     assert set(y.tolist()) == set(range(10))
@@ -162,6 +164,7 @@ def test_official_tarball_layout_is_chw(tmp_path, protocol):
     write_tarball(tmp_path, batches, labs, protocol)
     x, y = load_cifar10("train", root=tmp_path, verify=False)
     assert x.shape == (10, 3, 32, 32) and y.dtype == torch.int64
+    assert x.shape[1:] == IMAGE_SHAPES["cifar10"]
     # channel c of image i is the c-th 1024-block of its row, read row-major
     want = torch.from_numpy(flat[:10].reshape(10, 3, 32, 32)).float() / 127.5 - 1
     assert torch.equal(x, want)

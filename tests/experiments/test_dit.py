@@ -387,6 +387,17 @@ def test_score_dit_presets_and_defaults():
         D.ScoreDiT(torch.nn.Linear(2, 2))
 
 
+def test_score_dit_parametrizations_never_share_a_checkpoint(tmp_path):
+    # The same DiT read three ways has the same weights: only the repr tells the training-
+    # checkpoint keys apart (the ScoreMLP cache bug of the "nothing silent" issue).
+    from experiments.common.training import TrainConfig, checkpoint_path
+
+    dit, data = tiny_dit(), torch.randn(4, 2, 4, 4)
+    keys = {checkpoint_path(tmp_path, D.ScoreDiT(dit, p), data, TrainConfig(steps=1))
+            for p in D.PARAMETRIZATIONS}
+    assert len(keys) == len(D.PARAMETRIZATIONS)
+
+
 @pytest.mark.parametrize("t", [0.0, -1.0, float("nan"), float("inf")])
 def test_score_dit_rejects_bad_times(t):
     net = D.ScoreDiT(tiny_dit())

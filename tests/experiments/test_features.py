@@ -370,3 +370,20 @@ def test_shipped_cifar10_classifier() -> None:
     assert abs(measured - p) <= 4 * se, (measured, p, se)
     assert measured > 0.75
     assert extract_features(images[idx[:4]], net).shape == (4, 128)
+
+
+def test_a_damaged_shipped_feature_net_is_refused_naming_it(tmp_path):
+    """The shipped weights are verified against the SHA-256 in their JSON record."""
+    import shutil
+
+    from experiments.common.features import FEATURE_NETS_DIR, ClassifierFeatures
+    from experiments.common.runs import CorruptFileError
+
+    for suffix in (".pt", ".json"):
+        shutil.copy(FEATURE_NETS_DIR / f"smallcnn_digits{suffix}", tmp_path)
+    ClassifierFeatures.load(tmp_path / "smallcnn_digits.pt")  # intact: loads
+    raw = bytearray((tmp_path / "smallcnn_digits.pt").read_bytes())
+    raw[len(raw) // 2] ^= 0x01  # one bit, in the middle of the weights
+    (tmp_path / "smallcnn_digits.pt").write_bytes(bytes(raw))
+    with pytest.raises(CorruptFileError, match=r"smallcnn_digits\.pt.*SHA-256"):
+        ClassifierFeatures.load(tmp_path / "smallcnn_digits.pt")

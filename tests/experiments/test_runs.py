@@ -3,13 +3,25 @@
 from __future__ import annotations
 
 import json
+import math
+import os
+import stat
 import types
 
+import numpy as np
 import pytest
+import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from experiments.common.runs import Units, apply_overrides, atomic_write_json, execute
+from experiments.common.runs import (
+    CorruptFileError,
+    Units,
+    apply_overrides,
+    atomic_write_json,
+    execute,
+    save_checkpoint,
+)
 
 CONFIG = {"seed": 0, "lr": 0.1, "ns": [1, 2], "device": "cpu", "ema": True}
 
@@ -42,9 +54,13 @@ def test_atomic_json_round_trip(tmp_path_factory, obj):
     assert [p.name for p in path.parent.iterdir()] == ["x.json"]  # no temporary left behind
 
 
-def test_non_finite_numbers_are_refused(tmp_path):
-    with pytest.raises(ValueError, match="non-finite"):
-        atomic_write_json(tmp_path / "x.json", {"v": float("nan")})
+@pytest.mark.parametrize("bad", [float("nan"), -math.inf, np.float32("nan"), np.float64("inf"),
+                                 torch.tensor([0.0, math.nan])])
+def test_non_finite_numbers_are_refused_naming_where(tmp_path, bad):
+    """Also NumPy scalars (np.float32 is not a float) and tensors; the message gives the
+    path of the number inside the result."""
+    with pytest.raises(ValueError, match=r"non-finite .* at /v/w\[1\]"):
+        atomic_write_json(tmp_path / "x.json", {"v": {"w": [1.0, bad]}})
     assert not (tmp_path / "x.json").exists()
 
 
@@ -143,3 +159,75 @@ def test_run_units_reports_a_failing_unit_and_refuses_bad_settings(tmp_path):
         run_units(units, tasks, workers=0)
     with pytest.raises(ValueError, match="unique"):
         run_units(units, tasks + tasks[:1], workers=1)
+
+
+def _fake_experiment(calls: list) -> types.SimpleNamespace:
+    def compute(config, units):
+        calls.append(config["seed"])
+        return {"value": units.get("a", lambda: config["seed"] * 2)}
+
+    return types.SimpleNamespace(NAME="fake", PROFILES={"smoke": {"seed": 1}}, compute=compute,
+                                 plot=lambda result, stem: [])
+
+
+@pytest.mark.parametrize("content", [b"", b'{"name": "fake", "res', b"\xff\xfe garbage"])
+def test_a_corrupt_result_is_refused_naming_it_and_moved_aside_by_force(tmp_path, content):
+    calls, path = [], tmp_path / "fake.json"
+    path.write_bytes(content)
+    with pytest.raises(CorruptFileError, match=r"fake\.json.*--force"):
+        execute(_fake_experiment(calls), "smoke", out_dir=tmp_path)
+    assert calls == [] and path.read_bytes() == content  # nothing run, nothing lost
+    result = execute(_fake_experiment(calls), "smoke", out_dir=tmp_path, force=True)
+    assert calls == [1] and result["results"] == {"value": 2}
+    assert (tmp_path / "fake.json.corrupt").read_bytes() == content  # kept for inspection
+    assert json.loads(path.read_text())["results"] == {"value": 2}
+
+
+@pytest.mark.parametrize("content", [b'{"config": {"seed": 1}, "units": {"a": ', b"[1, 2]"])
+def test_a_corrupt_partial_file_is_refused_and_moved_aside_by_force(tmp_path, content):
+    calls, partial = [], tmp_path / "fake.partial.json"
+    partial.write_bytes(content)
+    with pytest.raises(CorruptFileError, match=r"fake\.partial\.json.*--force"):
+        execute(_fake_experiment(calls), "smoke", out_dir=tmp_path)
+    assert calls == [] and partial.read_bytes() == content
+    execute(_fake_experiment(calls), "smoke", out_dir=tmp_path, force=True)  # not blocked
+    assert calls == [1] and not partial.exists()
+    assert (tmp_path / "fake.partial.json.corrupt").read_bytes() == content
+
+
+def test_a_partial_file_of_another_config_is_set_aside_not_lost(tmp_path):
+    """Stated policy: resuming with a changed config starts afresh; the other config's
+    finished units are moved to <name>.stale (.stale-2, ...), never overwritten."""
+    path = tmp_path / "x.partial.json"
+    Units(path, CONFIG).put("u0", 1)
+    other = Units(path, {**CONFIG, "seed": 1})
+    assert other.done == {}
+    stale = json.loads((tmp_path / "x.partial.json.stale").read_text())
+    assert stale == {"config": CONFIG, "units": {"u0": 1}}
+    other.put("u0", 2)  # a second change of config keeps both earlier sets of units
+    assert Units(path, {**CONFIG, "seed": 2}).done == {}
+    assert json.loads((tmp_path / "x.partial.json.stale").read_text()) == stale
+    second = json.loads((tmp_path / "x.partial.json.stale-2").read_text())
+    assert second == {"config": {**CONFIG, "seed": 1}, "units": {"u0": 2}}
+
+
+def test_written_files_follow_the_umask(tmp_path):
+    old = os.umask(0o027)
+    try:
+        atomic_write_json(tmp_path / "a.json", {"v": 1})
+        save_checkpoint(tmp_path / "a.pt", {"v": 1})
+        reference = tmp_path / "plain"
+        reference.write_text("x")  # what open() gives under this umask
+    finally:
+        os.umask(old)
+    want = stat.S_IMODE(reference.stat().st_mode)
+    assert want == 0o640
+    for name in ("a.json", "a.pt"):
+        assert stat.S_IMODE((tmp_path / name).stat().st_mode) == want
+
+
+def test_a_run_interrupted_after_validation_leaves_no_result(tmp_path):
+    """A bad config fails before anything is written, even the partial file."""
+    with pytest.raises(ValueError, match="config seed"):
+        execute(_fake_experiment([]), "smoke", ["seed=-3"], out_dir=tmp_path)
+    assert list(tmp_path.iterdir()) == []

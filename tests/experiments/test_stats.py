@@ -136,6 +136,18 @@ def test_slope_interval_recovers_a_power_law_and_covers():
     assert abs(coverage(sims, 1.3) - LEVEL) < TOL
 
 
+@given(c=st.floats(-1e3, 1e3), m=st.integers(3, 9))
+def test_slope_interval_of_a_constant_is_zero_wide_not_nan(c, m):
+    """The limit of y = c + s * noise as s -> 0: slope 0, interval [0, 0] (scipy's
+    linregress alone gives NaN here, which reached a results file)."""
+    x = np.log(np.arange(2, 2 + m))
+    flat = stats.slope_interval(x, np.full(m, c))
+    assert flat.low == flat.value == flat.high and abs(flat.value) < 1e-12  # 0 up to rounding
+    noise = np.random.default_rng(m).normal(0, 1, m)
+    near = stats.slope_interval(x, c + 1e-9 * noise)
+    assert max(abs(near.low), abs(near.high)) < 1e-6
+
+
 def test_slope_over_seeds_covers_when_seeds_shift_whole_curves():
     """Each seed has its own intercept and slope deviation (correlated points): the
     per-seed interval covers the mean slope at about 95%."""

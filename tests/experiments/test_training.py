@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import io
 from dataclasses import replace
 
 import pytest
 import torch
 
 from experiments.common import training
+from experiments.common.runs import CorruptFileError, load_checkpoint
 from experiments.common.training import TrainConfig, dsm_loss, sample_times, train
 from theory.empirical import EmpiricalScore
 from theory.networks import ScoreMLP
@@ -178,3 +180,49 @@ def test_checkpoint_of_another_config_is_not_resumed(tmp_path):
     assert losses == losses_straight and len(losses) == other.steps
     for a, b in zip(straight.parameters(), resumed.parameters(), strict=True):
         assert torch.equal(a, b)
+
+
+def test_a_checkpoint_with_one_flipped_byte_inside_a_tensor_is_refused(tmp_path):
+    """torch.load alone reads the damaged file without complaint (different weights); the
+    digest stored with the checkpoint refuses it, naming the file and how to recover."""
+    ckpt = tmp_path / "run.pt"
+    model, _, _ = train(_model(), _data(), CFG, ckpt, progress=False, stop_after=7)
+    raw = bytearray(ckpt.read_bytes())
+    weight = model.hidden[0].weight.detach().numpy().tobytes()
+    at = bytes(raw).find(weight)
+    assert at > 0  # the tensor's bytes are stored verbatim
+    raw[at + 5] ^= 0x10
+    ckpt.write_bytes(bytes(raw))
+    payload = bytes(raw).partition(b"\n")[2]
+    damaged = torch.load(io.BytesIO(payload), weights_only=False)["model"]["hidden.0.weight"]
+    assert not torch.equal(damaged, model.hidden[0].weight)  # silent without the digest
+    with pytest.raises(CorruptFileError, match=r"run\.pt.*digest.*delete it"):
+        train(_model(), _data(), CFG, ckpt, progress=False)
+
+
+@pytest.mark.parametrize("content", [b"", b"half a checkpoint", b"PK\x03\x04 not a zip"])
+def test_a_truncated_or_foreign_checkpoint_is_refused_naming_it(tmp_path, content):
+    ckpt = tmp_path / "run.pt"
+    ckpt.write_bytes(content)
+    with pytest.raises(CorruptFileError, match=r"run\.pt"):
+        train(_model(), _data(), CFG, ckpt, progress=False)
+
+
+def test_a_checkpoint_of_another_config_is_not_resumed(tmp_path):
+    """Stated policy: a checkpoint written by another config is ignored and overwritten (the
+    content-keyed cache never hands one out, but a user-chosen path may)."""
+    ckpt = tmp_path / "run.pt"
+    train(_model(), _data(), replace(CFG, seed=9), ckpt, progress=False)
+    _, _, fresh = train(_model(), _data(), CFG, progress=False)
+    _, _, reused = train(_model(), _data(), CFG, ckpt, progress=False)
+    assert reused == fresh
+    assert load_checkpoint(ckpt)["config"]["seed"] == CFG.seed
+
+
+def test_a_diverging_run_stops_before_a_nan_reaches_a_checkpoint(tmp_path):
+    ckpt = tmp_path / "run.pt"
+    data = _data()
+    data[0, 0] = 1e30  # finite data, but its squared loss overflows float32
+    with pytest.raises(FloatingPointError, match="lr"):
+        train(_model(), data, replace(CFG, grad_clip=None), ckpt, progress=False)
+    assert not ckpt.exists()

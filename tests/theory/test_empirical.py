@@ -446,3 +446,84 @@ def test_refinement_keeps_the_mass_of_many_far_points():
     assert abs(float(w[0, 1:].sum() - w_ref[0, 1:].sum())) <= 1e-6
     shift = float(emp.denoiser(x, t)[0, 0]) - offset  # the cluster pulls D by 2e-4 gap
     assert shift == pytest.approx(float(w_ref[0, 1:].sum()) * gap, rel=0.05)
+
+
+# -- float32 against float64 far from the data ---------------------------------------------
+
+
+def far_tie_case(
+    n: int, d: int, t: float, far: float, gap: float, seed: int
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """float32 points (n, d) ~ N(0, I) and queries (3, d) about far x the points' scale away.
+
+    Row 0 is a near tie: the point y_j with the largest projection on a random unit v
+    (v_0 = 0) gets a twin y_j + e_0, and x = alpha_t (y_j + twin)/2 + far v, moved along e_0
+    so that the twin's logit is ``gap`` nats below y_j's. The far offset is orthogonal to
+    y_j - twin, so the two logits stay ``gap`` apart after rounding to float32, and both
+    carry weight. Rows 1 and 2 are alpha_t y_i + far u for random points and directions.
+    """
+    g = torch.Generator().manual_seed(seed)
+    a, s2 = coeffs(t)
+    points = torch.randn((n, d), generator=g, dtype=torch.float64)
+    v = torch.randn(d, generator=g, dtype=torch.float64)
+    v[0] = 0.0
+    v = v / v.norm().clamp_min(1e-300) if d > 1 else v
+    j = int((points @ v).argmax())
+    twin = (j + 1) % n
+    points[twin] = points[j]
+    points[twin, 0] += 1.0
+    points = points.float().double()  # the float32 values, exactly
+    scale = float(points.square().sum(1).mean().sqrt())
+    tie = a * (points[j] + points[twin]) / 2 + far * scale * v
+    # l_j - l_twin = a (y_j - twin).(x - alpha mid) / s2 = -a (x_0 - a mid_0) / s2
+    apart = float(points[twin, 0] - points[j, 0])  # = 1 up to float32 rounding
+    tie[0] = a * (points[j, 0] + points[twin, 0]) / 2 - gap * s2 / (a * apart)
+    u = torch.randn((2, d), generator=g, dtype=torch.float64)
+    idx = torch.randint(n, (2,), generator=g)
+    rand = a * points[idx] + far * scale * u / u.norm(dim=1, keepdim=True)
+    return points.float(), torch.cat([tie[None], rand]).float()
+
+
+def assert_float32_matches_float64(points: torch.Tensor, x: torch.Tensor, t: float) -> None:
+    """Every quantity of EmpiricalScore(points) in float32 equals the float64 computation on
+    the same (float32) values to 1e-4: weights absolutely (they sum to 1); the denoiser and
+    the posterior covariance relative to the largest point norm R = max_i ||x_i|| and R^2
+    (their natural scale: D is a convex combination of the points, and it may be near 0);
+    score and log_density row-wise relative to their float64 values."""
+    e32, e64 = EmpiricalScore(points), EmpiricalScore(points.double())
+    x64 = x.double()
+    big = float(points.double().norm(dim=1).max())
+    got = {name: getattr(e32, name)(x, t).double() for name in METHODS if name != "hessian"}
+    want = {name: getattr(e64, name)(x64, t) for name in METHODS if name != "hessian"}
+    assert (got["weights"] - want["weights"]).abs().max() <= 1e-4
+    assert (got["denoiser"] - want["denoiser"]).norm(dim=1).max() <= 1e-4 * big
+    cov_err = (got["posterior_covariance"] - want["posterior_covariance"]).flatten(1).norm(dim=1)
+    assert cov_err.max() <= 1e-4 * big**2
+    score_err = (got["score"] - want["score"]).norm(dim=1) / want["score"].norm(dim=1)
+    assert score_err.max() <= 1e-4
+    logp_err = (got["log_density"] - want["log_density"]).abs() / want["log_density"].abs()
+    assert logp_err.max() <= 1e-4
+
+
+def test_float32_far_query_near_tie_regression():
+    """The fuzzing find: a float32 query 1e3 x the points' scale away, with two points
+    0.5 nats apart. Refinement used to recompute their logits -||x - alpha x_i||^2/(2 sigma^2)
+    (~5e8 nats here, rounded to ~30 nats in float32) and got the weights 12% wrong."""
+    points, x = far_tie_case(n=50, d=16, t=1e-3, far=1e3, gap=0.5, seed=0)
+    w64 = EmpiricalScore(points.double()).weights(x.double(), 1e-3)[0]
+    assert float(w64.topk(2).values[1]) > 0.3  # the tie is real: both weights matter
+    assert_float32_matches_float64(points, x, 1e-3)
+
+
+@settings(max_examples=40, deadline=None)
+@given(data=st.data())
+def test_float32_far_queries_match_float64(strat, data):
+    """float32 agrees with float64 (on the same values) to 1e-4 for queries 1e2..1e4 x the
+    points' scale away, near ties included (see far_tie_case), at t in [1e-3, 5]."""
+    n = data.draw(st.integers(2, 200))
+    d = data.draw(st.integers(2, 64))
+    t = data.draw(strat.log_uniform(1e-3, 5.0))
+    far = data.draw(strat.log_uniform(1e2, 1e4))
+    gap = data.draw(st.floats(-4.0, 4.0))
+    points, x = far_tie_case(n, d, t, far, gap, data.draw(strat.seeds))
+    assert_float32_matches_float64(points, x, t)
