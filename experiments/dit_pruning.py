@@ -32,9 +32,10 @@ from pathlib import Path
 
 import numpy as np
 import torch
+import torch.nn.functional as F
 
 from experiments.common.config import Int
-from experiments.common.data import IMAGE_SHAPES, load_dataset, random_subset
+from experiments.common.data import IMAGE_SHAPES, average_pool, load_dataset, random_subset
 from experiments.common.dit import DiT, ScoreDiT
 from experiments.common.features import (
     NEIGHBOURS_K,
@@ -104,6 +105,23 @@ PROFILES = {
         "samples": 256, "sampler_steps": 200, "features": "classifier", "real_images": 1797,
         "grid": 8,
     },
+    # Real images on 2 CPU cores (run once, committed under figures/cifar_cpu/): CIFAR-10
+    # average-pooled to 16 x 16 (d = 768, not the paper's 3,072), 16 tokens of patch 4, a
+    # DiT-T-sized model (4 blocks of width 128, 4 heads). The step count is calibrated by a
+    # pilot so that the original memorizes at least half of its samples (issue 13's pilot:
+    # 55% after 1,500 steps at n = 32). Features: SmallCNN-cifar10 on the 16 x 16 images
+    # upsampled (nearest) to its 32 x 32 input, real and generated alike.
+    "cifar_cpu": {
+        "seed": 0, "seeds": 3, "workers": 2, "device": "cpu", "cache": True,
+        "dataset": "cifar10", "image_size": 16,
+        "data_root": None, "n": 32, "patch_size": 4, "depth": 4, "hidden_size": 128,
+        "num_heads": 4, "mlp_ratio": 4.0, "parametrization": "denoiser",
+        "steps": 3000, "batch": 128, "lr": 2e-3, "t0": 1e-3, "T": 8.0,
+        "eta": 0.2, "etas": [0.0, 0.2, 0.4], "sweep_seeds": 1, "importance_batches": 16,
+        "finetune_steps": 400, "finetune_lr": 1e-3,
+        "samples": 1000, "sampler_steps": 100, "features": "classifier", "real_images": 10000,
+        "grid": 8,
+    },
     # One H200, <= 8 minutes (never run yet: no GPU so far): a CIFAR-10 subset small enough
     # to memorize, DiT-S/4 in bf16 (autocast on CUDA, experiments/common/training.py).
     "gpu": {
@@ -148,6 +166,25 @@ METHOD = {"importance": "mask_gradient", "random": "random"}
 # -- the pieces --------------------------------------------------------------------------------
 
 
+def load_images(config: dict) -> tuple[torch.Tensor, torch.Tensor]:
+    """The training split (N, C, S, S) in [-1, 1] and its labels, average-pooled to
+    S = config["image_size"] when the profile sets it (data.average_pool; an optional key,
+    so that the results of profiles without it keep their config)."""
+    images, labels = load_dataset(config["dataset"], "train", config["data_root"])
+    if config.get("image_size") is not None:
+        images = average_pool(images, config["image_size"])
+    return images, labels
+
+
+def feature_input(config: dict, images: torch.Tensor) -> torch.Tensor:
+    """images (N, C, S, S) as the feature net takes them: pooled images are upsampled
+    (nearest, each pixel to a block) to the dataset's own size, real and generated alike."""
+    native = IMAGE_SHAPES[config["dataset"]][-1]
+    if images.shape[-1] == native:
+        return images
+    return F.interpolate(images, scale_factor=native // images.shape[-1], mode="nearest")
+
+
 def build(config: dict, channels: int, size: int, seed: int) -> ScoreDiT:
     """The original DiT (unconditional, no learned sigma) read as a score; init from seed."""
     with torch.random.fork_rng(devices=[]):
@@ -190,7 +227,7 @@ def evaluate(config: dict, fake: torch.Tensor, train_images: torch.Tensor,
     flat, ref = fake.flatten(1).double(), train_images.flatten(1).double()
     ratio = nearest_ratio(flat, ref)
     hits = int((ratio <= MEMORIZATION_THRESHOLD).sum())
-    fake_features = extract_features(fake, extractor)
+    fake_features = extract_features(feature_input(config, fake), extractor)
     quality = quality_report_from_features(real_features, fake_features, extractor.name,
                                            seed=0)
     g = config["grid"]
@@ -202,12 +239,12 @@ def evaluate(config: dict, fake: torch.Tensor, train_images: torch.Tensor,
 
 def run_seed(config: dict, seed: int, etas: list[float]) -> dict:
     """Original, fine-tuned control, pruned by importance and at random (each eta), one seed."""
-    images, labels = load_dataset(config["dataset"], "train", config["data_root"])
+    images, labels = load_images(config)
     train_images, _, idx = random_subset(images, labels, config["n"], seed)
     dev = resolve_device(config["device"])
     extractor = feature_extractor(config["features"], config["dataset"], device=str(dev))
     real, _, _ = random_subset(images, labels, min(config["real_images"], len(images)), 0)
-    real_features = extract_features(real, extractor)
+    real_features = extract_features(feature_input(config, real), extractor)
     shape = tuple(train_images.shape[1:])
     base = fit(config, build(config, shape[0], shape[1], seed), train_images, config["steps"],
                config["lr"], seed)
@@ -250,7 +287,11 @@ def check_config(config: dict) -> None:
                          f"num_heads={config['num_heads']}")
     if config["eta"] <= 0:  # Table 1 compares pruned models: eta = 0 prunes nothing
         raise ValueError(f"config eta (Table 1's pruning ratio) must be > 0, got {config['eta']}")
-    side = IMAGE_SHAPES[config["dataset"]][-1]
+    native = IMAGE_SHAPES[config["dataset"]][-1]
+    side = config.get("image_size") or native
+    if native % side:
+        raise ValueError(f"config image_size={side} must divide the {native}x{native} images "
+                         f"of dataset={config['dataset']!r}")
     if side % config["patch_size"]:
         raise ValueError(f"config patch_size={config['patch_size']} must divide the "
                          f"{side}x{side} images of dataset={config['dataset']!r}")
@@ -356,6 +397,12 @@ def paired_markdown(result: dict) -> str:
     return markdown_table(head, rows) + "\n"
 
 
+def dataset_label(cfg: dict) -> str:
+    """The dataset as the tables name it, with its size when average-pooled."""
+    size = cfg.get("image_size")
+    return cfg["dataset"] if size is None else f"{cfg['dataset']} at {size} × {size} (pooled)"
+
+
 def table_markdown(result: dict) -> str:
     """Table 1 as markdown, ours beside the paper's."""
     r, cfg = result["results"], result["config"]
@@ -371,7 +418,7 @@ def table_markdown(result: dict) -> str:
                                                          "FID")]
          for row, label in (("original", "original"), ("importance", "pruned (importance)"),
                             ("random", "pruned (random)"))])
-    lines = [f"Ours ({result['profile']} profile: {cfg['dataset']}, n = {cfg['n']}, "
+    lines = [f"Ours ({result['profile']} profile: {dataset_label(cfg)}, n = {cfg['n']}, "
              f"eta = {cfg['eta']:.0%}, {cfg['seeds']} seeds, mean ± std; FD and KID in the "
              f"{space} feature space, not Inception):", "", ours,
              "", "Paper (CIFAR-10, 5,000 images, eta = 20%, 5 runs):", "", paper]
@@ -470,7 +517,7 @@ def plot(result: dict, stem) -> list:
 
     # Fig. 4: first seed; per model a row of samples and below it their nearest training image
     first = r["runs"][0]
-    train_all, _ = load_dataset(cfg["dataset"], "train", cfg["data_root"])
+    train_all, _ = load_images(cfg)
     train_imgs = train_all[first["train_indices"]].numpy()
     rows = [("original", "original"), (f"importance/eta={cfg['eta']}", "pruned (importance)"),
             (f"random/eta={cfg['eta']}", "pruned (random)")]
@@ -523,8 +570,8 @@ def plot(result: dict, stem) -> list:
         ax.legend(fontsize=6.5)
     fig.tight_layout()
     caption(fig, f"{result['profile']} profile, seeds 0-{cfg['sweep_seeds'] - 1}: "
-                 f"{cfg['dataset']}, n = {cfg['n']}; eta = 0 is the unpruned model with the same "
-                 f"{cfg['finetune_steps']} fine-tuning steps; bars: 95% intervals over "
+                 f"{dataset_label(cfg)}, n = {cfg['n']}; eta = 0 is the unpruned model with the "
+                 f"same {cfg['finetune_steps']} fine-tuning steps; bars: 95% intervals over "
                  f"{cfg['sweep_seeds']} training seeds (never narrower than the sampling noise).")
     paths += save_figure(fig, f"{stem}_sweep")
     return paths

@@ -11,7 +11,8 @@ hand. Two ways to write one:
            list items by index). Stem "suite" holds facts about the whole quick profile
            (wall times), stems "smallcnn_digits"/"smallcnn_cifar10" the shipped feature
            classifiers' records, "dit_pruning_rerun" a rerun of the DiT study with other
-           float rounding (figures/reruns/) and how it compares ("vs_original/...").
+           float rounding (figures/reruns/) and how it compares ("vs_original/..."),
+           "dit_pruning_cifar" the committed cifar_cpu profile (figures/cifar_cpu/).
            The format is Python's format spec, plus ``e``-formats
            written the short way (6.50e6, 1e-3), U+2212 for minus signs, an optional
            divisor in front ("/1e9 .3g": FLOP written as GFLOP) and suffix K or M at the
@@ -128,12 +129,22 @@ OTHER_SOURCES = {
     / f"smallcnn_{name}.json" for name in ("digits", "cifar10")
 }
 RERUNS = {"dit_pruning_rerun": ("dit_pruning", "reruns/dit_pruning_threads.json")}
+# Committed results of a profile other than quick (runs.COMMITTED), with the facts and
+# blocks of their experiment: stem -> (experiment NAME, path under figures/).
+PROFILE_RESULTS = {"dit_pruning_cifar": ("dit_pruning", "cifar_cpu/dit_pruning.json")}
+
+
+def _module_of(stem: str) -> Any:
+    """The experiment module whose facts and blocks apply to ``stem`` (None if none)."""
+    return _modules().get(PROFILE_RESULTS.get(stem, (stem,))[0])
 
 
 def _load(stem: str, folder: Path) -> dict:
     path = OTHER_SOURCES.get(stem, folder / f"{stem}.json")
     if stem in RERUNS:
         path = folder / RERUNS[stem][1]
+    if stem in PROFILE_RESULTS:
+        path = folder / PROFILE_RESULTS[stem][1]
     if not path.exists():
         raise KeyError(f"no results file {path.relative_to(REPO_ROOT)} for '{stem}'")
     return read_json(path, "recompute it (python -m figures --force) or restore it from git")
@@ -166,16 +177,14 @@ class Sources:
                     f"vs_original/{k}": v
                     for k, v in module.compare_rerun(self.json(name), rerun).items()}}
             else:
-                module = _modules().get(stem)
-                fn: Callable | None = getattr(module, "facts", None)
+                fn: Callable | None = getattr(_module_of(stem), "facts", None)
                 self._facts[stem] = fn(self.json(stem)) if fn else {}
         return self._facts[stem]
 
     def blocks(self, stem: str) -> dict:
         """The generated markdown blocks of ``stem``: its module's blocks(result), or {}."""
         if stem not in self._blocks:
-            module = _modules().get(stem)
-            fn: Callable | None = getattr(module, "blocks", None)
+            fn: Callable | None = getattr(_module_of(stem), "blocks", None)
             self._blocks[stem] = fn(self.json(stem)) if fn else {}
         return self._blocks[stem]
 
@@ -248,7 +257,9 @@ def allowed_numbers(folder: Path = FIGURES) -> frozenset[str]:
     of every profile of the registered experiments, and every number of the paper
     (PAPER.md)."""
     out: set[str] = {"95%", "99%", "68%"}  # confidence levels: a choice, not a measurement
-    for path in folder.glob("*.json"):
+    for path in [*folder.glob("*.json"), *(folder / r for _, r in PROFILE_RESULTS.values())]:
+        if not path.exists():
+            continue
         stored = read_json(path, "recompute it (python -m figures --force) or restore it from git")
         out.update(_spellings(stored.get("config", {})))
         # a benchmark's targets (e.g. "<= 1.3 x the bare matmul") are settings too

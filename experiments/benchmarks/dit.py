@@ -70,6 +70,7 @@ from experiments.benchmarks.common import (
     n_cores,
     time_methods,
 )
+from experiments.common.data import IMAGE_SHAPES
 from experiments.common.dit import DIT_MODELS, DiT, ScoreDiT
 from experiments.common.sampling import reverse_sde, sampling_times
 from experiments.common.training import TrainConfig, dsm_loss, sample_times
@@ -94,9 +95,9 @@ __all__ = [
 # The target: training MFU >= 40% for DiT-S/2 at batch 256 (bf16, GPU).
 TARGET_MFU = 0.40
 TARGET_MODEL, TARGET_BATCH = "DiT-S/2", 256
-# Shapes (C, H, W) of the datasets of the dit_pruning profiles, and of the DiT paper's
-# latent space (256x256 images through the SD VAE, 8x down-sampled, 4 channels).
-DATASET_SHAPES = {"digits": (1, 8, 8), "cifar10": (3, 32, 32)}
+# The shape (C, H, W) of the DiT paper's latent space (256x256 images through the SD VAE,
+# 8x down-sampled, 4 channels); a dit_pruning profile's is its dataset's (data.IMAGE_SHAPES)
+# at the profile's image_size.
 LATENT_SHAPE = (4, 32, 32)
 MODELS = tuple(PROFILES) + tuple(DIT_MODELS)
 PRECISIONS = ("auto", "float32", "bf16")
@@ -140,7 +141,8 @@ class BenchConfig:
             )
         profile = self.profile
         if self.model in PROFILES:
-            c, s, _ = DATASET_SHAPES[profile["dataset"]]
+            c, s, _ = IMAGE_SHAPES[profile["dataset"]]
+            s = profile.get("image_size") or s
         else:
             c, s, _ = LATENT_SHAPE
         defaults = {

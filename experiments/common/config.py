@@ -30,6 +30,7 @@ __all__ = [
     "Choice",
     "Flag",
     "Text",
+    "OrNone",
     "Device",
     "ListOf",
     "RULES",
@@ -137,6 +138,23 @@ class Text(Rule):
             raise ValueError(f"{name} must be {self.describe()}, got {value!r}")
 
 
+@dataclass(frozen=True)
+class OrNone(Rule):
+    """None (the default behaviour, e.g. native image size) or a value passing ``rule``."""
+
+    rule: Rule
+
+    def describe(self) -> str:
+        return f"None or {self.rule.describe()}"
+
+    def check(self, name: str, value: Any) -> None:
+        if value is not None:
+            try:
+                self.rule.check(name, value)
+            except ValueError:
+                raise ValueError(f"{name} must be {self.describe()}, got {value!r}") from None
+
+
 def check_device(device: Any, name: str = "device") -> None:
     """Raise ValueError unless ``device`` is "auto", "cpu" or an available "cuda[:k]"/"mps"."""
     expected = f"{name} must be 'auto', 'cpu', 'cuda' or 'cuda:<k>', got {device!r}"
@@ -219,7 +237,7 @@ RULES: dict[str, Rule] = {
     "width_ns": ListOf(_size_n, increasing=True), "wd_ns": ListOf(_size_n, increasing=True),
     "dims": ListOf(_count, increasing=True), "ds": ListOf(_count, increasing=True),
     "cov_scales": ListOf(Real(0.0, low_open=True), increasing=True),
-    "real_images": Int(2),
+    "real_images": Int(2), "image_size": OrNone(Int(1)),  # None: the dataset's own size
     # networks
     "width": _count, "widths": ListOf(_count, increasing=True), "depth": _count,
     "depths": ListOf(_count, increasing=True), "d_width": _count, "wd_width": _count,

@@ -46,6 +46,7 @@ from experiments.common.runs import REPO_ROOT, atomic_write_bytes
 __all__ = [
     "DATASETS",
     "IMAGE_SHAPES",
+    "average_pool",
     "CIFAR10_CLASSES",
     "CIFAR10_TARBALL",
     "CIFAR10_TARBALL_MD5",
@@ -351,6 +352,20 @@ def load_dataset(
     if name == "cifar10":
         return load_cifar10(split, root)
     raise ValueError(f"name must be one of {DATASETS}, got {name!r}")
+
+
+def average_pool(images: torch.Tensor, side: int) -> torch.Tensor:
+    """images (N, C, H, H) averaged over (H/side)^2 blocks to (N, C, side, side), e.g.
+    CIFAR-10 at 16 x 16 (d = 768) for a DiT that memorizes on a CPU budget; side must
+    divide H. Returns images itself when side == H."""
+    if images.ndim != 4 or images.shape[-1] != images.shape[-2]:
+        raise ValueError(f"images must have shape (N, C, H, H), got {tuple(images.shape)}")
+    native = images.shape[-1]
+    if isinstance(side, bool) or not isinstance(side, int) or side < 1 or native % side:
+        raise ValueError(f"side must be a positive integer dividing {native}, got {side!r}")
+    if side == native:
+        return images
+    return torch.nn.functional.avg_pool2d(images, native // side)
 
 
 # -- subsets --------------------------------------------------------------------------------

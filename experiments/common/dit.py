@@ -27,13 +27,27 @@ Additions for experiments/common/pruning.py (the same interface as for MLP score
 Sizes: ``DIT_MODELS["DiT-S/2"](**kwargs)`` etc. (the official zoo, plus tiny CPU presets
 "DiT-T/p" and "DiT-N/p"). Runs on CPU and CUDA, under bf16 autocast, torch 2.11 to 2.13;
 attention is ``torch.nn.functional.scaled_dot_product_attention``.
+
+The official interface, for code written against facebookresearch/DiT: ``DiT_models``
+(the 12 official names XL/L/B/S x patch 2/4/8 -> constructor), ``DiT_XL_2(**kwargs)`` ...
+``DiT_S_8(**kwargs)``, and ``DiT.forward_with_cfg(x, t, y, cfg_scale)`` (classifier-free
+guidance with the official semantics: guidance on the first 3 output channels only, by
+default). A class-conditional model's ``state_dict()`` has exactly the official key names
+and shapes (pos_embed, x_embedder.proj, t_embedder.mlp, y_embedder.embedding_table,
+blocks.N.attn.qkv/proj, blocks.N.mlp.fc1/fc2, blocks.N.adaLN_modulation.1, final_layer.*),
+so an official checkpoint loads with ``load_state_dict(strict=True)``, and forward and
+forward_with_cfg give the official outputs (tests/experiments/test_dit.py holds both
+against fixtures generated from the official code). One difference: num_classes=0 here
+builds no label embedder (the official code always builds one, with a single null row).
 """
 
 from __future__ import annotations
 
 import math
+import numbers
 import warnings
 from collections.abc import Callable
+from typing import Any
 
 import numpy as np
 import torch
@@ -58,6 +72,13 @@ __all__ = [
     "DiT",
     "DIT_SIZES",
     "DIT_MODELS",
+    "OFFICIAL_SIZES",
+    "PATCH_SIZES",
+    "DiT_models",
+    "DiT_XL_2", "DiT_XL_4", "DiT_XL_8",
+    "DiT_L_2", "DiT_L_4", "DiT_L_8",
+    "DiT_B_2", "DiT_B_4", "DiT_B_8",
+    "DiT_S_2", "DiT_S_4", "DiT_S_8",
     "ScoreDiT",
 ]
 
@@ -535,6 +556,48 @@ class DiT(nn.Module):
         x = self.final_layer(x, c)  # (B, N, p * p * C_out)
         return self.unpatchify(x)  # (B, C_out, S, S)
 
+    def forward_with_cfg(
+        self, x: torch.Tensor, t: torch.Tensor | float, y: torch.Tensor, cfg_scale: float,
+        *, guided_channels: int = 3,
+    ) -> torch.Tensor:
+        """Classifier-free guidance (Ho & Salimans 2022) in one batched pass, with the
+        semantics of the official DiT ``forward_with_cfg`` (the sampler's model function).
+
+        The batch is 2B rows: y[:B] the class labels, y[B:] normally the null class
+        ``num_classes`` (the official sample.py doubles the noise, z = cat([z, z]), and
+        the labels, y = cat([y, null])). Only the first half x[:B] is read: it is run
+        twice, as cat([x[:B], x[:B]]) with times t and labels y, giving cond = rows :B and
+        uncond = rows B:. Output channels c < guided_channels become
+
+            uncond + cfg_scale * (cond - uncond)        (the same in both halves)
+
+        and channels c >= guided_channels are the raw outputs (rows :B conditional, rows B:
+        unconditional), e.g. with learn_sigma the variance channels C..2C-1 (the official
+        sampler keeps only the first half of its samples, so the conditional variance).
+        guided_channels = 3 is the official default, kept there for exact reproducibility
+        of the DiT paper's samples: on its 4-channel latents the 4th eps channel is *not*
+        guided. guided_channels = in_channels is the standard guidance of every eps
+        channel. cfg_scale = 1 gives the conditional model, 0 the unconditional one.
+
+        x (2B, C, S, S), t (2B,) or a scalar, y (2B,) labels -> (2B, C_out, S, S).
+        """
+        self.check_input(x)
+        if self.y_embedder is None:
+            raise ValueError("forward_with_cfg needs a class-conditional DiT (num_classes > 0)")
+        if x.shape[0] % 2:
+            raise ValueError(f"x must have an even batch 2B (B images, each run with its label "
+                             f"and with the null label), got batch {x.shape[0]}")
+        if isinstance(cfg_scale, bool) or not isinstance(cfg_scale, numbers.Real) or not (
+            math.isfinite(cfg_scale)
+        ):
+            raise ValueError(f"cfg_scale must be a finite number, got {cfg_scale!r}")
+        k = _positive_int(guided_channels, "guided_channels", minimum=0)
+        half = x[: x.shape[0] // 2]  # (B, C, S, S); x[B:] is never read
+        out = self(torch.cat([half, half], dim=0), t, y)  # (2B, C_out, S, S)
+        cond, uncond = out[:, :k].split(half.shape[0], dim=0)  # 2 x (B, k', S, S)
+        guided = uncond + cfg_scale * (cond - uncond)  # (B, k', S, S)
+        return torch.cat([torch.cat([guided, guided], dim=0), out[:, k:]], dim=1)
+
 
 # --------------------------------------------------------------------------------------
 # Size zoo
@@ -552,22 +615,42 @@ DIT_SIZES: dict[str, tuple[int, int, int]] = {
 }
 
 
+OFFICIAL_SIZES: tuple[str, ...] = ("XL", "L", "B", "S")  # facebookresearch/DiT models.py
+PATCH_SIZES: tuple[int, ...] = (2, 4, 8)
+
+
 def _preset(size: str, patch_size: int) -> Callable[..., DiT]:
     depth, hidden_size, num_heads = DIT_SIZES[size]
 
-    def build(**kwargs) -> DiT:
+    def build(**kwargs: Any) -> DiT:
         return DiT(depth=depth, hidden_size=hidden_size, num_heads=num_heads,
                    patch_size=patch_size, **kwargs)
 
-    build.__name__ = f"DiT_{size}_{patch_size}"
-    build.__doc__ = (f"DiT-{size}/{patch_size}: depth {depth}, hidden {hidden_size}, "
-                     f"{num_heads} heads, patch {patch_size}; kwargs go to DiT.")
+    build.__name__ = build.__qualname__ = f"DiT_{size}_{patch_size}"
+    build.__doc__ = (
+        f"DiT-{size}/{patch_size}: depth {depth}, hidden size {hidden_size}, {num_heads} "
+        f"heads, patch {patch_size}; kwargs (input_size, in_channels, num_classes, "
+        f"learn_sigma, ...) go to DiT. The model maps x (B, C, S, S), t (B,), y (B,) "
+        f"to (B, C_out, S, S)."
+    )
     return build
 
 
+# Every size of DIT_SIZES at patch 2, 4 and 8: "DiT-S/2" -> DiT_S_2.
 DIT_MODELS: dict[str, Callable[..., DiT]] = {
-    f"DiT-{size}/{p}": _preset(size, p) for size in DIT_SIZES for p in (2, 4, 8)
+    f"DiT-{size}/{p}": _preset(size, p) for size in DIT_SIZES for p in PATCH_SIZES
 }
+
+# The official names (facebookresearch/DiT models.py), for code written against it:
+# ``DiT_models["DiT-XL/2"](input_size=32, num_classes=1000)`` or ``DiT_XL_2(...)``. The
+# same constructor objects as in DIT_MODELS, restricted to the official sizes (no T, N).
+DiT_models: dict[str, Callable[..., DiT]] = {
+    f"DiT-{size}/{p}": DIT_MODELS[f"DiT-{size}/{p}"] for size in OFFICIAL_SIZES for p in PATCH_SIZES
+}
+DiT_XL_2, DiT_XL_4, DiT_XL_8 = (DiT_models[f"DiT-XL/{p}"] for p in PATCH_SIZES)
+DiT_L_2, DiT_L_4, DiT_L_8 = (DiT_models[f"DiT-L/{p}"] for p in PATCH_SIZES)
+DiT_B_2, DiT_B_4, DiT_B_8 = (DiT_models[f"DiT-B/{p}"] for p in PATCH_SIZES)
+DiT_S_2, DiT_S_4, DiT_S_8 = (DiT_models[f"DiT-S/{p}"] for p in PATCH_SIZES)
 
 
 # --------------------------------------------------------------------------------------

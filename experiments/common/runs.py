@@ -43,6 +43,7 @@ from experiments.common.config import validate_experiment_config
 __all__ = [
     "REPO_ROOT",
     "PROFILE_NAMES",
+    "COMMITTED",
     "CorruptFileError",
     "Units",
     "apply_overrides",
@@ -62,7 +63,11 @@ __all__ = [
 ]
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
-PROFILE_NAMES = ("smoke", "quick", "gpu", "paper")  # "gpu": one GPU, minutes (DiT study)
+# "gpu": one GPU, minutes (DiT study); "cifar_cpu": the DiT study on real images at CPU
+# scale, run once and committed beside the quick results.
+PROFILE_NAMES = ("smoke", "quick", "cifar_cpu", "gpu", "paper")
+# Profiles whose results are committed (what the README shows), and where.
+COMMITTED = {"quick": REPO_ROOT / "figures", "cifar_cpu": REPO_ROOT / "figures" / "cifar_cpu"}
 
 
 # -- files ----------------------------------------------------------------------------------
@@ -380,8 +385,9 @@ def run_units(
 
 
 def default_out_dir(profile: str) -> Path:
-    """figures/ for the quick profile (what the README shows), runs/<profile>/ otherwise."""
-    return REPO_ROOT / "figures" if profile == "quick" else REPO_ROOT / "runs" / profile
+    """Where a committed profile's results live (``COMMITTED``: figures/ for quick,
+    figures/cifar_cpu/), runs/<profile>/ otherwise."""
+    return COMMITTED.get(profile, REPO_ROOT / "runs" / profile)
 
 
 def execute(
@@ -391,6 +397,7 @@ def execute(
     out_dir: Path | None = None,
     force: bool = False,
     plot: bool = True,
+    reuse_only: bool = False,
 ) -> dict:
     """Run (or reuse) one experiment's profile; write <out>/<NAME>.json and its figure.
 
@@ -398,6 +405,8 @@ def execute(
     a bad value raises ValueError naming the key, before any file is written. A stored
     result of the same config is reused unless ``force``; an unreadable one is refused
     (CorruptFileError naming it) unless ``force``, which moves it aside and recomputes.
+    ``reuse_only``: redraw a stored result, never compute (FileNotFoundError naming the
+    file when there is none of this config).
     """
     if profile not in experiment.PROFILES:
         raise ValueError(f"profile must be one of {sorted(experiment.PROFILES)}, got {profile!r}")
@@ -418,6 +427,9 @@ def execute(
                 and stored.get("profile") == profile):
             print(f"{experiment.NAME}: reusing {path} (--force recomputes)")
             result = stored
+    if result is None and reuse_only:
+        raise FileNotFoundError(f"{path}: no stored result of the {profile!r} profile's "
+                                f"current config (recompute it with --profile {profile} --force)")
     if result is None:
         units = Units(out_dir / f"{experiment.NAME}.partial.json", config, force)
         start = time.perf_counter()

@@ -11,6 +11,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from experiments.common import data
 from experiments.common.data import (
@@ -76,6 +78,18 @@ def test_digits_shape_range_labels():
     assert torch.equal((x + 1) * 8, ((x + 1) * 8).round())
     x2, _ = load_dataset("digits")
     assert torch.equal(x, x2)
+
+
+@settings(deadline=None)  # the first call pays for torch's lazy initialisation
+@given(side=st.sampled_from([1, 2, 4, 8, 16, 32]), seed=st.integers(0, 2**16))
+def test_average_pool_is_the_block_mean(side, seed):
+    """Against the mean over (H/side)^2 blocks written as a reshape; side = H is identity."""
+    x = torch.rand((2, 3, 32, 32), generator=torch.Generator().manual_seed(seed))
+    k = 32 // side
+    want = x.reshape(2, 3, side, k, side, k).mean(dim=(3, 5))
+    torch.testing.assert_close(data.average_pool(x, side), want, rtol=1e-6, atol=1e-7)
+    with pytest.raises(ValueError, match="side must be a positive integer dividing 32"):
+        data.average_pool(x, 3)
 
 
 def test_load_dataset_rejects_unknown_names_and_splits():

@@ -1,9 +1,14 @@
 """The DiT of the pruning study (§6.2): shapes, adaLN-Zero, prunable heads and channels,
-official parameter counts, and the score parametrizations of ScoreDiT."""
+official parameter counts, the official interface (DiT_models, DiT_XL_2 ..., forward_with_cfg,
+state-dict format, against fixtures generated from the official code), and the score
+parametrizations of ScoreDiT."""
 
 from __future__ import annotations
 
+import json
 import math
+import zlib
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -343,6 +348,197 @@ def test_pinned_counts_and_formula_on_a_real_model():
         assert count(D.DIT_MODELS["DiT-S/2"]()) == 32_963_360
     small = D.DIT_MODELS["DiT-N/2"](input_size=8)  # built for real on CPU
     assert count(small) == official_count(2, 64, 2, input_size=8)
+
+
+# --------------------------------------------------------------------------------------
+# The official interface: DiT_models, DiT_XL_2 ..., forward_with_cfg, state-dict format
+# --------------------------------------------------------------------------------------
+
+DATA = Path(__file__).resolve().parent / "data"  # fixtures from the official code
+
+# The official table (facebookresearch/DiT models.py, "DiT Configs"), written out:
+# name -> (depth, hidden_size, patch_size, num_heads)
+OFFICIAL_CONFIGS = {
+    "DiT-XL/2": (28, 1152, 2, 16), "DiT-XL/4": (28, 1152, 4, 16), "DiT-XL/8": (28, 1152, 8, 16),
+    "DiT-L/2": (24, 1024, 2, 16), "DiT-L/4": (24, 1024, 4, 16), "DiT-L/8": (24, 1024, 8, 16),
+    "DiT-B/2": (12, 768, 2, 12), "DiT-B/4": (12, 768, 4, 12), "DiT-B/8": (12, 768, 8, 12),
+    "DiT-S/2": (12, 384, 2, 6), "DiT-S/4": (12, 384, 4, 6), "DiT-S/8": (12, 384, 8, 6),
+}
+
+
+@pytest.mark.parametrize("name", sorted(OFFICIAL_CONFIGS))
+def test_official_constructors_give_the_official_hyperparameters(name):
+    depth, hidden, patch, heads = OFFICIAL_CONFIGS[name]
+    fn = getattr(D, name.replace("-", "_").replace("/", "_"))  # "DiT-XL/2" -> DiT_XL_2
+    assert fn is D.DiT_models[name] is D.DIT_MODELS[name]  # one table, no second copy
+    assert fn.__name__ == name.replace("-", "_").replace("/", "_")
+    with torch.device("meta"):
+        model = fn()
+    assert (model.depth, model.hidden_size, model.patch_size, model.num_heads) == (
+        depth, hidden, patch, heads)
+    assert len(model.blocks) == depth
+    assert model.x_embedder.proj.kernel_size == (patch, patch)
+    assert model.x_embedder.proj.out_channels == hidden
+    assert all(b.attn.num_heads == heads and b.attn.head_dim == hidden // heads
+               and b.mlp.hidden_features == 4 * hidden for b in model.blocks)
+    # the official DiT defaults: 4 latent channels, 1000 classes (+ null), learn_sigma
+    assert model.in_channels == 4 and model.out_channels == 8
+    assert model.y_embedder.embedding_table.weight.shape == (1001, hidden)
+    assert model.pos_embed.shape == (1, (32 // patch) ** 2, hidden)
+
+
+def test_dit_models_is_exactly_the_official_zoo():
+    assert list(D.DiT_models) == list(OFFICIAL_CONFIGS)  # the official order, XL first
+    assert set(D.DIT_MODELS) == set(OFFICIAL_CONFIGS) | {
+        f"DiT-{s}/{p}" for s in ("T", "N") for p in (2, 4, 8)}
+
+
+def test_official_constructors_pass_kwargs_to_the_model():
+    with torch.device("meta"):
+        model = D.DiT_S_8(input_size=16, in_channels=3, num_classes=10, learn_sigma=False)
+    assert model.pos_embed.shape == (1, 4, 384)
+    assert model.x_embedder.proj.in_channels == 3 and model.out_channels == 3
+    assert model.y_embedder.embedding_table.num_embeddings == 11
+    with pytest.raises(TypeError, match="depth"):  # as the official: fixed by the name
+        D.DiT_S_8(depth=2)
+
+
+def cond_dit(seed: int, in_channels: int = 2, learn_sigma: bool = True) -> D.DiT:
+    """A random class-conditional tiny DiT (3 classes + the null class 3), float64, eval."""
+    model = tiny_dit(num_classes=3, class_dropout_prob=0.1, in_channels=in_channels,
+                     learn_sigma=learn_sigma).double()
+    return randomize(model, seed).eval()
+
+
+def cfg_batch(seed: int, B: int, C: int):
+    """x (2B, C, 4, 4), t (2B,), y (2B,) = [labels, null class] as the official sample.py."""
+    x = randn((2 * B, C, 4, 4), seed)
+    t = 500 * randn((2 * B,), seed + 1).abs()
+    labels = torch.randint(3, (B,), generator=torch.Generator().manual_seed(seed))
+    return x, t, torch.cat([labels, torch.full((B,), 3)])
+
+
+@SMALL
+@given(seed=st.integers(0, 2**16), B=st.integers(1, 3), C=st.integers(1, 4),
+       learn_sigma=st.booleans())
+def test_forward_with_cfg_at_scale_one_is_the_conditional_forward(seed, B, C, learn_sigma):
+    model = cond_dit(seed, C, learn_sigma)
+    x, t, y = cfg_batch(seed, B, C)
+    with torch.no_grad():
+        out = model.forward_with_cfg(x, t, y, 1.0)
+        cond = model(x[:B], t[:B], y[:B])  # the first half, with the class labels
+        uncond = model(x[:B], t[B:], y[B:])
+    k = min(3, model.out_channels)  # the official default: guidance on 3 channels
+    torch.testing.assert_close(out[:B], cond, rtol=1e-12, atol=1e-12)
+    torch.testing.assert_close(out[B:, :k], cond[:, :k], rtol=1e-12, atol=1e-12)
+    # unguided channels: the raw outputs (equal up to rounding: one batched pass of 2B
+    # images vs two passes of B)
+    torch.testing.assert_close(out[B:, k:], uncond[:, k:], rtol=1e-12, atol=1e-12)
+
+
+@SMALL
+@given(seed=st.integers(0, 2**16), B=st.integers(1, 3), C=st.integers(1, 4),
+       learn_sigma=st.booleans(), scale=st.floats(-3.0, 10.0),
+       guided=st.sampled_from([None, 0, 1, 2, 4, 9]))
+def test_forward_with_cfg_is_uncond_plus_scale_times_the_difference(
+        seed, B, C, learn_sigma, scale, guided):
+    model = cond_dit(seed, C, learn_sigma)
+    x, t, y = cfg_batch(seed, B, C)
+    kwargs = {} if guided is None else {"guided_channels": guided}
+    with torch.no_grad():
+        out = model.forward_with_cfg(x, t, y, scale, **kwargs)
+        cond = model(x[:B], t[:B], y[:B])  # two plain forwards: (B, C_out, 4, 4) each
+        uncond = model(x[:B], t[B:], y[B:])
+        other = x.clone()
+        other[B:] = randn((B, C, 4, 4), seed + 7)  # x[B:] must never be read
+        assert torch.equal(model.forward_with_cfg(other, t, y, scale, **kwargs), out)
+    k = 3 if guided is None else guided
+    assert out.shape == (2 * B, model.out_channels, 4, 4)
+    for c in range(model.out_channels):
+        if c < k:  # guided, the same in both halves: (1 - s) uncond + s cond
+            want = (1 - scale) * uncond[:, c] + scale * cond[:, c]
+            torch.testing.assert_close(out[:B, c], want, rtol=1e-10, atol=1e-10)
+            torch.testing.assert_close(out[B:, c], want, rtol=1e-10, atol=1e-10)
+        else:  # raw: conditional in the first half, unconditional in the second
+            torch.testing.assert_close(out[:B, c], cond[:, c], rtol=1e-12, atol=1e-12)
+            torch.testing.assert_close(out[B:, c], uncond[:, c], rtol=1e-12, atol=1e-12)
+
+
+def formula_values(name: str, shape) -> torch.Tensor:
+    """0.3 sin(0.731 j + phase(name)) at flat index j, float32: the deterministic weights
+    of tests/experiments/data/make_official_dit_fixtures.py (written out again here)."""
+    phase = (zlib.crc32(name.encode()) % 997) / 97.0
+    j = np.arange(int(np.prod(shape, dtype=np.int64)), dtype=np.float64)
+    return torch.from_numpy((0.3 * np.sin(0.731 * j + phase)).astype(np.float32).reshape(shape))
+
+
+def test_forward_and_forward_with_cfg_match_the_official_outputs():
+    """Outputs of the official facebookresearch/DiT code (fixture official_dit_cfg.json) on a
+    tiny DiT whose official-format state dict is loaded strictly: the guidance touches
+    channels 0..2 only, channel 3 and the variance channels 4..7 stay raw."""
+    ref = json.loads((DATA / "official_dit_cfg.json").read_text())
+    model = D.DiT(**ref["config"]).eval()
+    state = {k: (torch.tensor(ref["pos_embed"]) if k == "pos_embed" else formula_values(k, s))
+             for k, s in ref["state_dict"].items()}
+    model.load_state_dict(state, strict=True)
+    x = 3 * formula_values("x", (4, 4, 4, 4))
+    t, y = torch.tensor(ref["t"]), torch.tensor(ref["y"])
+    with torch.no_grad():
+        plain = model(x, t, y)
+        guided = model.forward_with_cfg(x, t, y, ref["cfg_scale"])
+    torch.testing.assert_close(plain, torch.tensor(ref["forward"]), rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(guided, torch.tensor(ref["forward_with_cfg"]),
+                               rtol=1e-5, atol=1e-5)
+
+
+def test_forward_with_cfg_rejects_bad_input():
+    model, x, t, y = cond_dit(0), *cfg_batch(0, 2, 2)
+    with pytest.raises(ValueError, match="even batch"):
+        model.forward_with_cfg(x[:3], t[:3], y[:3], 4.0)
+    with pytest.raises(ValueError, match="class-conditional"):
+        tiny_dit().forward_with_cfg(x, t, None, 4.0)
+    for bad in (float("nan"), float("inf"), "4", True, None):
+        with pytest.raises(ValueError, match="cfg_scale"):
+            model.forward_with_cfg(x, t, y, bad)
+    with pytest.raises(ValueError, match="guided_channels"):
+        model.forward_with_cfg(x, t, y, 4.0, guided_channels=-1)
+    with pytest.raises(ValueError, match="^y must"):
+        model.forward_with_cfg(x, t, y[:2], 4.0)
+
+
+def official_keys() -> dict:
+    return json.loads((DATA / "official_dit_keys.json").read_text())
+
+
+def test_state_dict_has_the_official_keys_and_shapes():
+    ref = official_keys()
+    cfg = {k: v for k, v in ref["config"].items() if k != "model"}
+    with torch.device("meta"):
+        model = D.DiT_models[ref["config"]["model"]](**cfg)
+    ours = {k: list(v.shape) for k, v in model.state_dict().items()}
+    assert list(ours.items()) == list(ref["state_dict"].items())  # names, shapes and order
+    assert count(model) == ref["num_parameters"]
+
+
+def test_official_format_state_dict_loads_strictly_and_round_trips():
+    ref = official_keys()
+    model = D.DiT_S_2(input_size=32, num_classes=10, learn_sigma=True)
+    g = torch.Generator().manual_seed(0)
+    state = {k: torch.randn(s, generator=g) for k, s in ref["state_dict"].items()}
+    result = model.load_state_dict(state, strict=True)
+    assert not result.missing_keys and not result.unexpected_keys
+    back = model.state_dict()
+    assert list(back) == list(state)
+    assert all(torch.equal(back[k], v) for k, v in state.items())
+    assert not model.pos_embed.requires_grad  # still the frozen official parameter
+    # strict loading bites: a missing key, an extra key, a wrong shape
+    for broken, match in (
+        ({k: v for k, v in state.items() if k != "blocks.11.attn.qkv.bias"}, "Missing key"),
+        ({**state, "blocks.12.attn.qkv.bias": state["blocks.11.attn.qkv.bias"]}, "Unexpected key"),
+        ({**state, "y_embedder.embedding_table.weight": torch.zeros(10, 384)}, "size mismatch"),
+    ):
+        with pytest.raises(RuntimeError, match=match):
+            model.load_state_dict(broken, strict=True)
 
 
 # --------------------------------------------------------------------------------------

@@ -117,3 +117,43 @@ def test_compare_rerun_counts_values_inside_and_kept_signs():
     rerun = cells([2.5, 0.4, 4.0], [0, 0, 0], [0, 0, 0])
     assert dit_pruning.compare_rerun(first, rerun) == {
         "inside": 1, "total": 3, "resolved": 2, "same_sign": 1}
+
+
+def test_the_cifar_cpu_recipe_runs_on_pooled_images(tmp_path):
+    """The cifar_cpu profile at a tiny size on random 32 x 32 RGB images (no CIFAR copy
+    needed): the DiT and the memorization test see 16 x 16 pooled images, the CIFAR feature
+    net their nearest upsampling; Table 1 comes with paired intervals and the table names
+    the pooled size."""
+    import torch
+
+    from experiments.common.data import save_subset
+    from experiments.common.runs import execute
+
+    g = torch.Generator().manual_seed(0)
+    save_subset(tmp_path / "cifar10" / "train.npz",
+                torch.rand((40, 3, 32, 32), generator=g) * 2 - 1, torch.arange(40) % 10)
+    sets = [f"data_root={str(tmp_path)!r}", "n=8", "steps=6", "finetune_steps=3",
+            "samples=8", "sampler_steps=3", "real_images=16", "importance_batches=1",
+            "seeds=2", "workers=1", "cache=False", "etas=[0.0, 0.2]", "grid=2"]
+    out = tmp_path / "out"
+    result = execute(dit_pruning, "cifar_cpu", sets, out_dir=out)
+    first = result["results"]["runs"][0]
+    assert torch.tensor(first["original"]["grid"]).shape == (2, 3, 16, 16)
+    e = result["results"]["paired"]["importance-original"]["memorization"]
+    assert e["n"] == 2 and e["low"] <= e["value"] <= e["high"]
+    assert "cifar10 at 16 × 16 (pooled)" in (out / "dit_pruning_table1.md").read_text()
+    assert (out / "dit_pruning_fig4.png").stat().st_size > 5_000
+
+
+def test_feature_input_undoes_nothing_the_pooling_kept():
+    """Nearest upsampling for the feature net, then pooling again, gives back the pooled
+    images exactly: the features see the DiT's images, block for block."""
+    import torch
+
+    from experiments.common.data import average_pool
+
+    x = torch.rand((3, 3, 32, 32), generator=torch.Generator().manual_seed(1)) * 2 - 1
+    config = {**dit_pruning.PROFILES["cifar_cpu"]}
+    pooled = average_pool(x, config["image_size"])
+    up = dit_pruning.feature_input(config, pooled)
+    assert up.shape == x.shape and torch.equal(average_pool(up, config["image_size"]), pooled)

@@ -170,6 +170,19 @@ def _fake_experiment(calls: list) -> types.SimpleNamespace:
                                  plot=lambda result, stem: [])
 
 
+def test_reuse_only_redraws_a_stored_result_and_never_computes(tmp_path):
+    """What `python -m figures` does for the committed cifar_cpu result: a missing or
+    stale (other config) result is an error naming the file, not a long recompute."""
+    calls = []
+    with pytest.raises(FileNotFoundError, match=r"fake\.json"):
+        execute(_fake_experiment(calls), "smoke", out_dir=tmp_path, reuse_only=True)
+    first = execute(_fake_experiment(calls), "smoke", out_dir=tmp_path)
+    assert execute(_fake_experiment(calls), "smoke", out_dir=tmp_path, reuse_only=True) == first
+    with pytest.raises(FileNotFoundError, match="--force"):
+        execute(_fake_experiment(calls), "smoke", ["seed=2"], out_dir=tmp_path, reuse_only=True)
+    assert calls == [1]
+
+
 @pytest.mark.parametrize("content", [b"", b'{"name": "fake", "res', b"\xff\xfe garbage"])
 def test_a_corrupt_result_is_refused_naming_it_and_moved_aside_by_force(tmp_path, content):
     calls, path = [], tmp_path / "fake.json"
