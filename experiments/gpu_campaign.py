@@ -142,6 +142,9 @@ def make_plan(size: str, device: str, budget_s: float) -> tuple[Plan, dict]:
     bench_s = (s["bench_repeats"] + 2) * (s["bench_steps"] * bench_rates.step_s
                                            + s["bench_passes"] * bench_rates.pass_s)
     left = MARGIN * (budget_s - probe_s) - bench_s
+    if left <= 0:
+        raise ValueError(f"budget_s={budget_s:g} is too small: the probe took {probe_s:.1f} s "
+                         f"and the benchmark needs {bench_s:.1f} s")
     scale = 1.0
     while True:
         steps = max(1, int(profile["steps"] * scale))

@@ -17,24 +17,16 @@ The parametrization is part of a network's identity: ``extra_repr`` names it, so
 ``repr(net)`` and hence in the training-checkpoint key (experiments.common.training.
 checkpoint_path hashes the repr with the starting weights, which one seed makes equal for
 every parametrization). Without it a cached "denoiser" network was loaded and read as
-"eps": at d = 32, n = 32, width 512 x 3 by the quick recipe (the cached networks of the
-GMM figures) its samples' mean distance to the nearest training point was 595 to 1.0e4
-(log-likelihood -1.8e5 to -6.3e7, seeds 0-2), while "eps" networks really trained by
-that recipe sample as well as the true score (log-likelihood -49.9, -47.5, -48.5 vs -48.0
-for the true-score sampler). The 1/sigma_t of "eps" at t0 = 1e-3 is not a weak point:
-with the true score swapped in for all t > 0.01, an "eps" net's samples land where the
-true score puts them.
+"eps", and its samples landed far from the data; trained for real, every parametrization
+samples like the true score (tests/experiments/test_parametrizations.py).
 
 All three are sound for the reverse-SDE samplers when trained enough; they differ at large
-t, where p_t ~ N(0, I) and the score is ~ -x. "denoiser" supplies -x/sigma_t^2 exactly
-and the network adds only alpha_t net / sigma_t^2 (alpha_8 = 0.018); "score" and "eps"
-must learn that linear map. The reverse drift x/2 + s expands unless s supplies it (s = -x
-gives -x/2), so an under-fitted linear part pushes trajectories outward at t > 1, where
-the network has never seen them, and they do not come back. Measured at d = 32, n = 32,
-width 128 x 3, 1,000 steps (an under-trained budget): log-likelihood "denoiser" -55,
-"score" -415, "eps" -939 (true score -48); the "eps" net with the true score for t > 1
-reaches -45, with the true score for t < 1 only -195. Hence "denoiser" is the default
-here and in experiments.common.score_nets.NetSpec.
+t, where p_t ~ N(0, I) and the score is ~ -x. "denoiser" supplies -x/sigma_t^2 exactly and
+the network adds only alpha_t net / sigma_t^2; "score" and "eps" must learn that linear
+map. The reverse drift x/2 + s expands unless s supplies it (s = -x gives -x/2), so an
+under-fitted linear part pushes trajectories outward at large t, where the network has
+never seen them. Hence "denoiser" is the default here and in
+experiments.common.score_nets.NetSpec.
 
 ``MLPEnsemble`` holds G such networks of different widths (same depth) in one flat
 parameter, run as a few batched matmuls over buckets of members padded to a common

@@ -68,7 +68,7 @@ class NetSpec:
 
     The default parametrization is "denoiser", as for ScoreMLP and every study here; "eps"
     and "score" must learn the score's -x part at large t themselves and sample badly when
-    under-trained (theory/networks.py's docstring has the measurements). The
+    under-trained (theory/networks.py's docstring). The
     parametrization is in the network's repr, hence in its checkpoint key: specs differing
     only in it never share a cached network.
     """

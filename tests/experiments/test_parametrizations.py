@@ -5,7 +5,7 @@ width 512 x 3 sampled ~525 away from the data. The cause was not the -net/sigma_
 but the checkpoint cache: the parametrization was not in the network's repr, hence not in
 its checkpoint key, and one seed gives every parametrization the same starting weights, so
 the figures' cached "denoiser" network was loaded and read as "eps" (theory/networks.py's
-docstring has the measurements). Here the three parametrizations train one after another
+docstring). Here the three parametrizations train one after another
 into one cache, denoiser first, as the figures' cache and then the issue's run did: each
 must get its own checkpoint and sample like the true score.
 """
@@ -24,9 +24,8 @@ from theory.networks import PARAMETRIZATIONS, ScoreMLP
 
 # The quick profile's recipe (experiments/gmm_sweeps.py: batch, lr, t0, T) on a problem that
 # trains in about a second per network: d = 4, n = 16, width 64 x 2, 1,000 steps, 100
-# sampler steps. Over training seeds 0-5 every parametrization's samples reached a mean
-# log-likelihood within 0.6 nats of the true-score sampler's; the "denoiser" network read
-# as "score" lost ~1e8 nats, read as "eps" 0.3 to 140 nats (seed 3, used here: 19).
+# sampler steps. Seed 3 is one where the "denoiser" network read as "eps" (the old cache
+# collision) samples far below the true score, so the test would catch the collision.
 D, N, WIDTH, DEPTH, SEED = 4, 16, 64, 2, 3
 RECIPE = {"steps": 1000, "batch": 128, "lr": 2e-3, "weight_decay": 0.0, "t0": 1e-3, "T": 8.0,
           "samples": 256, "sampler_steps": 100}
