@@ -3,7 +3,8 @@
 Thm 5.1 says a ReLU network must grow like n to approximate the empirical score of n
 points, while the true score needs a size independent of n. We measure it: on the
 paper's mixture (§6.1) at small d, for each n we fit a geometric grid of widths (one
-``MLPEnsemble``, fixed budget) to the empirical score and to the true score on P_hat_t,
+``MLPEnsemble``; each member trains until its held-out error plateaus or a step cap, and
+which of the two stopped it is recorded) to the empirical score and to the true score on P_hat_t,
 score each fit by r = E||s_net - s_target||^2 / Loss-Gap_t (error in units of the
 separation, fresh draws), and read off the smallest width with r <= eps.
 
@@ -72,6 +73,7 @@ def widths_for(config: dict, depth: int) -> list[int]:
 
 def check_config(config: dict) -> None:
     """Relations between keys (run before any work; single keys: experiments/common/config.py)."""
+    FitBudget(config["steps"], config["batch"], (config["lr"],), 0.0, config["eval_draws"])
     for depth in config["depths"]:  # W* is interpolated between grid widths: it needs two
         if len(widths_for(config, depth)) < 2:
             raise ValueError(f"config widths (capped at max_width_deep={config['max_width_deep']}"
@@ -90,10 +92,16 @@ def sweep(config: dict, n: int, target: str, depth: int, t: float, seed: int) ->
     points = mixture.sample(n, generator(config["seed"], n, seed)).to(device, dtype)
     true = mixture.to(device, dtype)
     goal = EmpiricalScore(points) if target == "empirical" else true
-    budget = FitBudget(config["steps"], config["batch"], config["lr"], 0.0, config["eval_draws"])
+    # One learning rate with the plateau rule of FitBudget (its defaults: evaluate every
+    # 100 steps, cut the rate x0.3 after 3 evaluations without a 1% gain, twice, then stop);
+    # config["steps"] is the cap.
+    budget = FitBudget(config["steps"], config["batch"], (config["lr"],), 0.0,
+                       config["eval_draws"])
     fit = fit_width_sweep(goal, points, true, (t, t), widths_for(config, depth), depth,
                           budget, seed=seed)
-    return fit.to_dict()
+    return {"widths": list(fit.widths), "num_params": list(fit.num_params),
+            "ratio": list(fit.ratio), "on_plateau": list(fit.final.on_plateau),
+            "stop_step": list(fit.final.stop_step)}
 
 
 # -- slopes of log W* against log n ---------------------------------------------------------------
@@ -136,6 +144,9 @@ def compute(config: dict, units: Units) -> dict:
             f"{target}/L={depth}", {"widths": fit["widths"], "num_params": fit["num_params"],
                                     "ratio": {}, "smallest_width": {}})
         entry["ratio"].setdefault(str(n), []).append(fit["ratio"])
+        # How many widths of this fit were still improving at the cap (budget-limited).
+        entry.setdefault("on_cap", {}).setdefault(str(n), []).append(
+            sum(not p for p in fit["on_plateau"]))
         w_star = smallest_width(fit["widths"], fit["ratio"], config["eps"])
         entry["smallest_width"].setdefault(str(n), []).append(w_star)
     for panel in result["panels"].values():
@@ -169,6 +180,13 @@ def _mean_width(ws: list) -> float | None:
     return None if any(w is None for w in ws) else float(np.mean(ws))
 
 
+def _cap_counts(entry: dict) -> tuple[int, int]:
+    """(member fits the step cap stopped, all member fits) of a line: one per width and
+    training set; the first are budget-limited (FitBudget's plateau rule was not met)."""
+    on_cap = sum(sum(v) for v in entry["on_cap"].values())
+    return on_cap, len(entry["widths"]) * sum(len(v) for v in entry["on_cap"].values())
+
+
 def facts(result: dict) -> dict[str, float]:
     """Per fitted line ("<panel>/<target>/<depth>", e.g. "main/empirical/L=1"): the slope of
     log W* on log n with its interval, the fits left out, W* (mean over training sets) at
@@ -180,6 +198,7 @@ def facts(result: dict) -> dict[str, float]:
         for k in ("slope", "ci_low", "ci_high", "not_reached"):
             if sl.get(k) is not None:
                 out[f"{line}/{k}"] = sl[k]
+        out[f"{line}/on_cap"], out[f"{line}/member_fits"] = _cap_counts(entry)
         ns = [int(n) for n in entry["smallest_width"]]
         means = [_mean_width(ws) for ws in entry["smallest_width"].values()]
         for n, m in zip(ns, means, strict=True):
@@ -278,10 +297,13 @@ def plot(result: dict, stem) -> list:
         ax.minorticks_off()
         ax.legend(fontsize=6.5, loc="upper center", bbox_to_anchor=(0.5, -0.2))
     fig.tight_layout()
+    on_cap, fits = (sum(c) for c in zip(*(_cap_counts(e) for *_, e in _entries(result)),
+                                        strict=True))
     caption(fig, f"{result['profile']} profile: d = {cfg['d']}, {cfg['seeds']} training sets per "
-                 f"n, {cfg['steps']} steps per fit. (b, c): geometric mean over training sets, "
-                 "bars the range; slopes: least squares on all (n, training set) points, 95% "
-                 "t-intervals.", y=-0.28)
+                 f"n; each fit trains to its plateau or {cfg['steps']} steps ({on_cap} of {fits} "
+                 "member fits stopped on the step cap: budget-limited). (b, c): geometric mean "
+                 "over training sets, bars the range; slopes: least squares on all (n, training "
+                 "set) points, 95% t-intervals.", y=-0.28)
     return save_figure(fig, stem)
 
 

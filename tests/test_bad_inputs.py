@@ -81,7 +81,7 @@ CASES = [
     ("TrainConfig ema=nan", lambda: TrainConfig(ema=NAN), ValueError, "ema"),
     ("TrainConfig checkpoint_every=0", lambda: TrainConfig(checkpoint_every=0), ValueError,
      "checkpoint_every"),
-    ("FitBudget lr=nan", lambda: FitBudget(lr=NAN), ValueError, "lr"),
+    ("FitBudget lrs=(nan,)", lambda: FitBudget(lrs=(NAN,)), ValueError, "lrs"),
     ("FitBudget weight_decay=inf", lambda: FitBudget(weight_decay=INF), ValueError,
      "weight_decay"),
     ("FitBudget steps=0", lambda: FitBudget(steps=0), ValueError, "steps"),

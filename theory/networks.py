@@ -296,7 +296,7 @@ class MLPEnsemble(nn.Module):
         self.flat = nn.Parameter(torch.zeros(sum(self._sizes), dtype=first.out.weight.dtype))
         with torch.no_grad():
             for g, m in enumerate(members):
-                for view, src in zip(self._member_views(g), _member_tensors(m), strict=True):
+                for view, src in zip(self.member_views(g), _member_tensors(m), strict=True):
                     view.copy_(src)
 
     def _pieces(self, tensor: torch.Tensor) -> list[list[torch.Tensor]]:
@@ -306,7 +306,7 @@ class MLPEnsemble(nn.Module):
         n = 2 * self.depth  # pieces per bucket
         return [flat[j * n : (j + 1) * n] for j in range(len(self.buckets))] + [flat[-1:]]
 
-    def _member_views(self, g: int, tensor: torch.Tensor | None = None) -> list[torch.Tensor]:
+    def member_views(self, g: int, tensor: torch.Tensor | None = None) -> list[torch.Tensor]:
         """Views of member g's part of ``tensor`` (default the flat parameter; also its
         gradient or any tensor shaped like it) in the order of ``_member_tensors``:
         [W_in (w, d_in), b_in (w,)] + [W_k (w, w), b_k (w,)] per hidden layer
@@ -338,17 +338,26 @@ class MLPEnsemble(nn.Module):
         m = ScoreMLP(self.d, self.widths[g], self.depth, self.embed.dim, self.parametrization)
         m = m.to(device=self.flat.device, dtype=self.flat.dtype)
         with torch.no_grad():
-            for dst, src in zip(_member_tensors(m), self._member_views(g), strict=True):
+            for dst, src in zip(_member_tensors(m), self.member_views(g), strict=True):
                 dst.copy_(src)
         return m
 
-    def raw(self, x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
-        """Outputs before the parametrization: x (batch, d), t (batch,) -> (G, batch, d)."""
+    def raw(
+        self, x: torch.Tensor, t: torch.Tensor, active: torch.Tensor | None = None
+    ) -> torch.Tensor:
+        """Outputs before the parametrization: x (batch, d), t (batch,) -> (G, batch, d).
+
+        active (G,) bool, optional: buckets without an active member are not computed
+        (their members' outputs are the output bias alone, with no gradient to their
+        weights), so members that stopped training cost nothing."""
         pieces = self._pieces(self.flat)
         ones = torch.ones_like(x[:, :1])
         h0t = torch.cat([x, self.embed(t), ones], dim=1).T  # (d_in, batch)
         outs = []
-        for mine in pieces[:-1]:
+        for bucket, mine in zip(self.buckets, pieces[:-1], strict=True):
+            if active is not None and not bool(active[bucket].any()):
+                outs.append(h0t.new_zeros(len(bucket), self.d, h0t.shape[1]))
+                continue
             # Feature-major activations (k, P, batch): measured faster than (k, batch, P)
             # for these skinny matmuls. relu_ in place saves a pass over the activation
             # (the matmul's backward does not need its output).
@@ -367,7 +376,7 @@ class MLPEnsemble(nn.Module):
 
 
 def _member_tensors(m: ScoreMLP) -> list[torch.Tensor]:
-    """A ScoreMLP's tensors in the order of ``MLPEnsemble._member_views``."""
+    """A ScoreMLP's tensors in the order of ``MLPEnsemble.member_views``."""
     tensors = []
     for layer in m.hidden:
         tensors += [layer.weight, layer.bias]

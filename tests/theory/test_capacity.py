@@ -16,7 +16,7 @@ from theory.mixtures import paper_mixture
 from theory.networks import ScoreMLP
 from theory.process import generator
 
-BUDGET = FitBudget(steps=300, batch=128, lr=1e-2, eval_draws=1024)
+BUDGET = FitBudget(steps=300, batch=128, lrs=(1e-2,), eval_draws=1024)
 
 
 @pytest.fixture(scope="module")
@@ -64,7 +64,7 @@ def test_a_network_target_of_width_w_is_found_at_width_at_most_w(setting):
     for p in target.parameters():
         p.requires_grad_(False)
     widths = [1, 2, 4, 8, 16]
-    budget = FitBudget(steps=600, batch=128, lr=1e-2, eval_draws=1024)
+    budget = FitBudget(steps=600, batch=128, lrs=(1e-2,), eval_draws=1024)
     sweep = fit_width_sweep(target, points, mix, (0.2, 0.2), widths, 1, budget, seed=0)
     eps = 0.01
     assert sweep.ratio[2] <= eps, sweep.ratio
@@ -101,9 +101,63 @@ def test_bad_budget_and_time_range(setting):
     mix, points = setting
     with pytest.raises(ValueError, match="steps"):
         FitBudget(steps=0)
-    with pytest.raises(ValueError, match="lr"):
-        FitBudget(lr=0.0)
+    with pytest.raises(ValueError, match="lrs"):
+        FitBudget(lrs=(0.0,))
+    with pytest.raises(ValueError, match="lrs"):
+        FitBudget(lrs=(1e-3, 1e-3))
+    with pytest.raises(ValueError, match="eval_every"):
+        FitBudget(steps=250, eval_every=100)
+    with pytest.raises(ValueError, match="snapshots"):
+        FitBudget(steps=300, eval_every=100, snapshots=(300,))
     with pytest.raises(ValueError, match="t_range"):
         fit_width_sweep(mix, points, mix, (0.5, 0.1), [2], 1, BUDGET)
     with pytest.raises(ValueError, match="t_range"):
         fit_width_sweep(mix, points, mix, (0.0, 0.1), [2], 1, BUDGET)
+
+
+def test_plateau_rule_stops_where_constructed(setting):
+    """A gain of 99% per evaluation is never seen again after the first one: with patience 1
+    and no learning-rate cut every member stops on the plateau at the second evaluation.
+    With no gain required and a patience longer than the run, every member hits the cap."""
+    mix, points = setting
+    never = FitBudget(steps=500, batch=32, lrs=(1e-2, 1e-3), eval_draws=128, eval_every=50,
+                      patience=1, decays=0, min_delta=0.99)
+    fits = fit_width_sweep(mix, points, mix, (0.2, 0.2), [2, 8], 1, never, seed=0).final
+    assert fits.stop_step == (100, 100) and fits.on_plateau == (True, True)
+    endless = FitBudget(steps=200, batch=32, lrs=(1e-2,), eval_draws=128, eval_every=50,
+                        patience=100, min_delta=0.0)
+    fits = fit_width_sweep(mix, points, mix, (0.2, 0.2), [2, 8], 1, endless, seed=0).final
+    assert fits.stop_step == (200, 200) and fits.on_plateau == (False, False)
+
+
+def test_a_snapshot_is_the_run_capped_there(setting):
+    """The schedule never looks at the cap, so the snapshot at step s of a run capped at 2 s
+    is exactly the run capped at s (the budget check's premise)."""
+    mix, points = setting
+    kw = dict(batch=32, lrs=(1e-2, 3e-3), eval_draws=128, eval_every=50, patience=1)
+    short = fit_width_sweep(mix, points, mix, (0.1, 0.3), [2, 8], 1,
+                            FitBudget(steps=200, **kw), seed=1)
+    long = fit_width_sweep(mix, points, mix, (0.1, 0.3), [2, 8], 1,
+                           FitBudget(steps=400, snapshots=(200,), **kw), seed=1)
+    assert long.snapshots[200] == short.final
+    assert long.t_grid == short.t_grid and len(short.t_grid) == 5
+
+
+@settings(max_examples=20, deadline=None)
+@given(st.floats(1e-4, 1e-1), st.floats(0.0, 0.5), st.integers(0, 2**16))
+def test_adamw_step_is_linear_in_lr(lr, wd, seed):
+    """The per-member learning rate of fit_width_sweep scales a unit-lr AdamW step; this
+    equals torch's own AdamW at that lr (weight decay included) for several steps."""
+    torch.manual_seed(seed)
+    w0, grads = torch.randn(5, dtype=torch.float64), torch.randn(3, 5, dtype=torch.float64)
+    ref, unit = w0.clone().requires_grad_(), w0.clone().requires_grad_()
+    opt_ref = torch.optim.AdamW([ref], lr=lr, weight_decay=wd)
+    opt_unit = torch.optim.AdamW([unit], lr=1.0, weight_decay=wd)
+    for g in grads:
+        ref.grad, unit.grad = g.clone(), g.clone()
+        opt_ref.step()
+        before = unit.detach().clone()
+        opt_unit.step()
+        with torch.no_grad():
+            unit.copy_(before + lr * (unit - before))
+    torch.testing.assert_close(unit.detach(), ref.detach(), rtol=1e-12, atol=1e-14)

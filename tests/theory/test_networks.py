@@ -96,7 +96,7 @@ def test_ensemble_members_equal_separate_networks(widths, depth, parametrization
     # gradients: the ensemble's gradient, read back per member, equals each member's
     for g, m in enumerate(members):
         theirs = [p.grad for p in _member_params(m)]
-        for mine, ref in zip(ens._member_views(g, ens.flat.grad), theirs, strict=True):
+        for mine, ref in zip(ens.member_views(g, ens.flat.grad), theirs, strict=True):
             torch.testing.assert_close(mine, ref)
 
 
@@ -111,7 +111,7 @@ def _padding(ens, tensor):
     """The entries of ``tensor`` (shaped like ens.flat) that belong to no member."""
     owned = torch.zeros_like(ens.flat, requires_grad=False)
     for g in range(ens.G):
-        for view in ens._member_views(g, owned):
+        for view in ens.member_views(g, owned):
             view.fill_(1)
     return tensor[owned == 0]
 
@@ -122,9 +122,9 @@ def test_no_gradient_leaks_between_members():
     assert any(len(b) > 1 and len({ens.widths[g] for g in b}) > 1 for b in ens.buckets)
     x = torch.randn(9, 4, dtype=torch.float64)
     ens(x, 0.3)[1].square().sum().backward()  # a loss on member 1 only
-    assert ens._member_views(1, ens.flat.grad)[0].abs().max() > 0
+    assert ens.member_views(1, ens.flat.grad)[0].abs().max() > 0
     for g in (0, 2, 3):
-        for grad in ens._member_views(g, ens.flat.grad):
+        for grad in ens.member_views(g, ens.flat.grad):
             assert grad.abs().max() == 0
     assert _padding(ens, ens.flat.grad).abs().max() == 0  # nothing reaches the padding
 
@@ -190,3 +190,27 @@ def test_bad_input():
     with pytest.raises(ValueError, match="members"):
         MLPEnsemble.from_members([ScoreMLP(2, 3, 1), ScoreMLP(2, 3, 2)])
     assert math.isfinite(float(ens(torch.randn(4, 2), 1e-6).detach().abs().max()))
+
+
+@settings(max_examples=15, deadline=None)
+@given(st.lists(st.sampled_from([1, 3, 8, 64, 600]), min_size=2, max_size=5), st.data())
+def test_inactive_buckets_are_skipped_and_active_members_unchanged(widths, data):
+    """raw(active=...) leaves every member of a bucket with an active member as it was,
+    gives members of all-inactive buckets only their output bias, and sends no gradient
+    to those members' weights (a member that stopped training costs nothing)."""
+    ens = MLPEnsemble(3, widths, 2, seed=1)
+    active = torch.tensor(data.draw(st.lists(st.booleans(), min_size=len(widths),
+                                             max_size=len(widths))))
+    x, t = torch.randn(7, 3), torch.rand(7) + 0.1
+    full = ens.raw(x, t)
+    part = ens.raw(x, t, active=active)
+    part.square().sum().backward()
+    for bucket in ens.buckets:
+        for g in bucket:
+            if active[bucket].any():
+                torch.testing.assert_close(part[g], full[g], rtol=0, atol=0)
+            else:
+                bias = ens.member_views(g)[-1].detach()
+                torch.testing.assert_close(part[g], bias.expand(7, 3), rtol=0, atol=0)
+                for grad in ens.member_views(g, ens.flat.grad)[:-1]:
+                    assert grad.abs().max() == 0
