@@ -250,14 +250,19 @@ RULES: dict[str, Rule] = {
     "finetune_lr": _rate, "eval_draws": _count,
     # times
     "t0": _time, "T": _time, "t_min": _time, "t_max": _time, "t_main": _time,
-    "t_small": _time, "t_fixed": ListOf(_time, increasing=True),
+    "t_interval": ListOf(_time, increasing=True), "t_points": Int(2),
+    "t_fixed": ListOf(_time, increasing=True),
     "ratio_times": ListOf(_time, increasing=True), "num_times": Int(2),
     # Monte Carlo sizes
     # (an interval over training sets needs >= 2 of them)
     "num_draws": Int(2), "num_datasets": Int(2), "data_ll_draws": Int(2),
     "lipschitz_pairs": _count, "lipschitz_draws": _count, "num_nodes": Int(2),
     # the width-vs-n fit
-    "eps": Real(0.0, low_open=True),
+    "eps": Real(0.0, low_open=True), "eps_grid": ListOf(Real(0.0, low_open=True), increasing=True),
+    "flat_tol": Real(0.0, low_open=True), "fit_min_n": _size_n,
+    "lrs": ListOf(_rate, increasing=True),
+    "interval_depths": ListOf(_count, increasing=True), "dup_n": _size_n,
+    "dup_copies": ListOf(_count, increasing=True), "dup_depth": _count,
     # pruning
     "eta": _ratio, "etas": ListOf(_ratio, increasing=True), "importance_batches": _count,
     "methods": ListOf(Choice(("mask_gradient", "magnitude", "random")), distinct=True),

@@ -162,6 +162,27 @@ def test_permutation_invariance(strat, data):
 
 @FAST
 @given(data=st.data())
+def test_copies_weigh_like_a_weighted_empirical_score(strat, data):
+    """Duplicates (§5: they lower the effective n): the empirical score of a training set in
+    which distinct point y_i appears c_i times is the score of the weighted mixture
+    sum_i (c_i / n) N(alpha_t y_i, sigma_t^2 I), i.e. log c_i added to the softmax logits
+    (written here from that definition over the distinct points only)."""
+    case = data.draw(strat.cases(n=(1, 12), d=(1, 6)))
+    counts = torch.tensor(data.draw(st.lists(st.integers(1, 5), min_size=case.n,
+                                             max_size=case.n), label="counts"))
+    order = torch.randperm(int(counts.sum()), generator=strat.torch_gen(case.seed + 1))
+    with_copies = case.points.repeat_interleave(counts, dim=0)[order]
+    a, s2 = coeffs(case.t)
+    sq = (case.x[:, None] - a * case.points[None]).square().sum(-1)  # (batch, distinct)
+    w = torch.softmax(counts.to(sq.dtype).log() - sq / (2 * s2), dim=1)
+    emp = EmpiricalScore(with_copies)
+    den = emp.denoiser(case.x, case.t)
+    assert (den - w @ case.points).abs().max() <= 1e-9 * case.points.abs().max().clamp_min(1)
+    assert rel_err(emp.score(case.x, case.t), -(case.x - a * w @ case.points) / s2) < 1e-6
+
+
+@FAST
+@given(data=st.data())
 def test_chunk_size_changes_nothing(strat, data):
     case = data.draw(strat.cases(n=(1, 25), d=(1, 5)))
     x, t = case.x, case.t
