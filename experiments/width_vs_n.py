@@ -7,11 +7,11 @@ grid of widths (one ``MLPEnsemble``) to the empirical score and to the true scor
 P_hat_t, score each fit by r = E||s_net - s_target||^2 / Loss-Gap_t (error in units of the
 separation, fresh draws), and read off the smallest width W* with r <= eps. Each member
 trains until its held-out error plateaus or a step cap, and which of the two stopped it is
-recorded; the **budget check** reads W* also at a quarter and half the cap (the same run,
-see ``FitBudget.snapshots``): a W* that moves by more than 20% when the cap doubles is
-budget-limited, not capacity-limited.
+recorded; the **budget check** reads W* also at half the cap, a quarter, ... (``doublings``
+smaller caps, from the same run, see ``FitBudget.snapshots``): a W* that moves by more than
+20% when the cap doubles is budget-limited, not capacity-limited.
 
-  (a) r against width, one curve per n, both targets (one hidden layer, t = t_main);
+  (a) r against width, one curve per n, both targets (the shallowest depth, t = t_main);
   (b) W* against n, log-log, both targets and every depth, slopes fitted on n >= fit_min_n;
   (c) those slopes against eps and depth, with 95% intervals; the theorem's 1 (O~(n)) and
       the band |slope| <= flat_tol in which the true score's W* counts as flat (both fixed
@@ -22,7 +22,8 @@ budget-limited, not capacity-limited.
   (f) duplicates: n points of which m are copies of the others (drawn at random among them)
       against n - m distinct points, paired by training seed.
 
-Run: python -m experiments.width_vs_n [--profile smoke|quick|paper] [--set key=value] [--force]
+Run: python -m experiments.width_vs_n [--profile smoke|quick|cpu|paper] [--set key=value]
+     [--force]
 """
 
 from __future__ import annotations
@@ -54,8 +55,10 @@ NAME = "width_vs_n"
 # Our choices (the paper reports no such experiment): the regime of the theorem needs
 # training points well separated at the scale sigma_t (log n = O(d)), so d = 8 and small t.
 # Depth >= 2 needs far fewer units, so its grid stops at max_width_deep. steps is the cap
-# of the plateau rule; W* is also read at steps / 4 and steps / 2 (the budget check).
-# flat_tol and the eps grid were fixed before the run that produced the committed JSON.
+# of the plateau rule; W* is also read at steps / 2, steps / 4, ... (``doublings`` of them:
+# the budget check). flat_tol and the eps grid were fixed before the run that produced the
+# committed JSON. The cpu profile (under an hour on 2 cores) trades depth 1 for a cap 4x the
+# quick one and widths to 512: are the fits of two hidden layers capacity-limited there?
 PROFILES = {
     "smoke": {
         "seed": 0, "workers": 1, "device": "cpu", "dtype": "float32", "d": 4, "K": 4,
@@ -64,7 +67,7 @@ PROFILES = {
         "t_main": 0.2, "t_interval": [0.05, 0.2], "t_points": 3, "interval_depths": [1],
         "dup_n": 8, "dup_copies": [4], "dup_depth": 1,
         "eps": 0.5, "eps_grid": [0.25, 0.5, 1.0], "flat_tol": 0.25,
-        "steps": 400, "batch": 64, "lrs": [1e-2], "eval_draws": 256,
+        "steps": 400, "doublings": 2, "batch": 64, "lrs": [1e-2], "eval_draws": 256,
     },
     "quick": {
         "seed": 0, "workers": 2, "device": "cpu", "dtype": "float32", "d": 8, "K": 8,
@@ -74,7 +77,17 @@ PROFILES = {
         "t_main": 0.2, "t_interval": [0.05, 0.2], "t_points": 5, "interval_depths": [2],
         "dup_n": 32, "dup_copies": [16, 24, 28], "dup_depth": 2,
         "eps": 0.25, "eps_grid": [0.1, 0.25, 0.5], "flat_tol": 0.25,
-        "steps": 1600, "batch": 256, "lrs": [3e-3], "eval_draws": 2048,
+        "steps": 1600, "doublings": 2, "batch": 256, "lrs": [3e-3], "eval_draws": 2048,
+    },
+    "cpu": {
+        "seed": 0, "workers": 2, "device": "cpu", "dtype": "float32", "d": 8, "K": 8,
+        "mean_std": 2.0, "ns": [4, 8, 16, 32, 64], "fit_min_n": 8,
+        "widths": [2, 4, 8, 16, 32, 64, 128, 256, 512], "max_width_deep": 512,
+        "depths": [2], "seeds": 3,
+        "t_main": 0.2, "t_interval": [0.05, 0.2], "t_points": 5, "interval_depths": [2],
+        "dup_n": 32, "dup_copies": [16, 24, 28], "dup_depth": 2,
+        "eps": 0.25, "eps_grid": [0.1, 0.25, 0.5], "flat_tol": 0.25,
+        "steps": 6400, "doublings": 3, "batch": 256, "lrs": [3e-3], "eval_draws": 2048,
     },
     "paper": {
         "seed": 0, "workers": 1, "device": "auto", "dtype": "float32", "d": 8, "K": 8,
@@ -84,7 +97,8 @@ PROFILES = {
         "t_main": 0.2, "t_interval": [0.05, 0.2], "t_points": 5, "interval_depths": [2, 3],
         "dup_n": 256, "dup_copies": [128, 192, 224], "dup_depth": 2,
         "eps": 0.25, "eps_grid": [0.1, 0.25, 0.5], "flat_tol": 0.25,
-        "steps": 20000, "batch": 512, "lrs": [1e-3, 3e-3], "eval_draws": 16384,
+        "steps": 20000, "doublings": 2, "batch": 512, "lrs": [1e-3, 3e-3],
+        "eval_draws": 16384,
     },
 }
 TARGETS = ("empirical", "true")
@@ -97,8 +111,8 @@ def widths_for(config: dict, depth: int) -> list[int]:
 
 
 def caps(config: dict) -> list[int]:
-    """The caps W* is read at: a quarter, half and all of config["steps"] (one run)."""
-    return [config["steps"] // 4, config["steps"] // 2, config["steps"]]
+    """The caps W* is read at, increasing: steps / 2^doublings, ..., steps / 2, steps (one run)."""
+    return [config["steps"] >> k for k in range(config["doublings"], -1, -1)]
 
 
 def budget(config: dict) -> FitBudget:
@@ -111,9 +125,10 @@ def budget(config: dict) -> FitBudget:
 
 def check_config(config: dict) -> None:
     """Relations between keys (run before any work; single keys: experiments/common/config.py)."""
-    if config["steps"] % 400:
-        raise ValueError(f"steps must be a multiple of 400 (the budget check reads W* at steps"
-                         f" / 4, a multiple of the 100-step evaluations), got {config['steps']}")
+    if config["steps"] % (100 << config["doublings"]):
+        raise ValueError(f"steps must be a multiple of 100 x 2^doublings (the budget check reads"
+                         f" W* at steps / 2^doublings, a multiple of the 100-step evaluations),"
+                         f" got steps = {config['steps']}, doublings = {config['doublings']}")
     budget(config)
     for depth in sorted({*config["depths"], *config["interval_depths"], config["dup_depth"]}):
         if len(widths_for(config, depth)) < 2:  # W* is interpolated between grid widths
@@ -389,7 +404,9 @@ def facts(result: dict) -> dict[str, float]:
             if versus in row:  # a difference of log W*, written as a ratio of widths
                 for k in ("value", "low", "high"):
                     out[f"duplicates/m={m}/{versus}/{k}"] = math.exp(row[versus][k])
-    out["quarter_cap"], out["half_cap"] = cfg["steps"] // 4, cfg["steps"] // 2
+    for name, cap in zip(("half_cap", "quarter_cap", "eighth_cap"), caps(cfg)[-2::-1],
+                         strict=False):
+        out[name] = cap
     out["on_cap"] = sum(v for k, v in out.items() if k.endswith("/on_cap"))
     out["member_fits"] = sum(v for k, v in out.items() if k.endswith("/member_fits"))
     out["on_plateau"] = out["member_fits"] - out["on_cap"]
@@ -484,9 +501,9 @@ def plot(result: dict, stem) -> list:
     fig, axes = new_figure(2, 3, width=12.0, height=8.4)
 
     ax = axes[0, 0]  # (a)
-    main_panel = r["panels"]["main"]
+    main_panel, shallow = r["panels"]["main"], min(cfg["depths"])
     for target, ls in (("empirical", "-"), ("true", "--")):
-        entry = main_panel[f"{target}/L=1"]
+        entry = main_panel[f"{target}/L={shallow}"]
         ns = list(entry["ratio"])
         for i, n in enumerate(ns):
             c = colormaps["viridis"](i / max(1, len(ns) - 1))
@@ -495,7 +512,8 @@ def plot(result: dict, stem) -> list:
                     label=f"n = {n}" if target == "empirical" else None)
     ax.axhline(cfg["eps"], color="k", lw=0.8, ls=":", label=f"eps = {cfg['eps']}")
     ax.set(xscale="log", yscale="log", xlabel="width", ylabel="r = error / Loss-Gap",
-           title=f"(a) fit error, 1 hidden layer, t = {cfg['t_main']}\n"
+           title=f"(a) fit error, {shallow} hidden layer{'s' * (shallow > 1)}, "
+                 f"t = {cfg['t_main']}\n"
                  "solid: empirical score, dashed: true score")
     ax.legend(ncol=3, fontsize=6.5, loc="upper center", bbox_to_anchor=(0.5, -0.2))
 
@@ -529,8 +547,9 @@ def plot(result: dict, stem) -> list:
         if panel != "main":
             continue
         at = {**entry["smallest_width_at"], str(cfg["steps"]): entry["smallest_width"]}
-        for (lo, hi), ls in zip(zip(list(at)[:-1], list(at)[1:], strict=True), (":", "-"),
-                                strict=True):
+        doublings = list(zip(list(at)[:-1], list(at)[1:], strict=True))
+        for i, (lo, hi) in enumerate(doublings):  # the last doubling solid, earlier ones faint
+            last = i == len(doublings) - 1
             ns, ratios = [], []
             for n, ws in at[hi].items():
                 logs = [math.log(a / b) for a, b in zip(ws, at[lo][n], strict=True)
@@ -539,7 +558,8 @@ def plot(result: dict, stem) -> list:
                     ns.append(int(n))
                     ratios.append(math.exp(np.mean(logs)))
             drawn |= bool(ns)
-            ax.plot(ns, ratios, marker="o" if target == "empirical" else "s", ls=ls,
+            ax.plot(ns, ratios, marker="o" if target == "empirical" else "s",
+                    ls="-" if last else ":", alpha=1.0 if last else 0.3 + 0.5 * i / len(doublings),
                     color=COLORS[k % len(COLORS)],
                     label=f"{target}, {depth}: {lo} -> {hi} steps")
     ax.axhspan(1 - BUDGET_MOVE, 1 + BUDGET_MOVE, color="0.85", zorder=0,

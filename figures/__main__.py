@@ -2,14 +2,16 @@
 
     python -m figures                     # quick profile, into figures/ (what the README shows)
     python -m figures --profile cifar_cpu --force   # the CPU-scale CIFAR-10 study (~40 min)
+    python -m figures --profile cpu --force         # Thm 5.1 at a 4x budget (~50 min)
     python -m figures --profile paper     # paper scale (GPU), into runs/paper/
     python -m figures --only loss_gap --force
 
 The quick profile also redraws the committed results of the other committed profiles
-(``cifar_cpu``, figures/cifar_cpu/) from their JSON; its --force does not recompute them.
+(``cifar_cpu``, figures/cifar_cpu/; ``cpu``, figures/cpu/) from their JSON; its --force does
+not recompute them.
 
 A finished result is reused (only the figure is redrawn) unless --force is given. After a
-committed profile (quick, cifar_cpu), the numbers quoted in README.md and paper_notes/ are
+committed profile (quick, cifar_cpu, cpu), the numbers quoted in README.md and paper_notes/ are
 rewritten from the new results (figures/claims.py) and any disagreement left is listed.
 """
 

@@ -245,7 +245,7 @@ RULES: dict[str, Rule] = {
     "patch_size": _count, "mlp_ratio": Real(0.0, low_open=True),
     "parametrization": Choice(("score", "denoiser", "eps")),
     # training
-    "steps": _count, "batch": _count, "lr": _rate, "weight_decay": _decay,
+    "steps": _count, "doublings": _count, "batch": _count, "lr": _rate, "weight_decay": _decay,
     "weight_decays": ListOf(_decay, increasing=True), "finetune_steps": _count,
     "finetune_lr": _rate, "eval_draws": _count,
     # times

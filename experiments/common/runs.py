@@ -65,9 +65,10 @@ __all__ = [
 REPO_ROOT = Path(__file__).resolve().parents[2]
 # "gpu": one GPU, minutes (DiT study); "cifar_cpu": the DiT study on real images at CPU
 # scale, run once and committed beside the quick results.
-PROFILE_NAMES = ("smoke", "quick", "cifar_cpu", "gpu", "paper")
+PROFILE_NAMES = ("smoke", "quick", "cifar_cpu", "cpu", "gpu", "paper")
 # Profiles whose results are committed (what the README shows), and where.
-COMMITTED = {"quick": REPO_ROOT / "figures", "cifar_cpu": REPO_ROOT / "figures" / "cifar_cpu"}
+COMMITTED = {"quick": REPO_ROOT / "figures", "cifar_cpu": REPO_ROOT / "figures" / "cifar_cpu",
+             "cpu": REPO_ROOT / "figures" / "cpu"}
 
 
 # -- files ----------------------------------------------------------------------------------
@@ -386,7 +387,8 @@ def run_units(
 
 def default_out_dir(profile: str) -> Path:
     """Where a committed profile's results live (``COMMITTED``: figures/ for quick,
-    figures/cifar_cpu/), runs/<profile>/ otherwise."""
+    figures/cifar_cpu/, figures/cpu/ for the hour-long CPU profiles), runs/<profile>/
+    otherwise."""
     return COMMITTED.get(profile, REPO_ROOT / "runs" / profile)
 
 

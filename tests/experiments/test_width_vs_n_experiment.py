@@ -9,6 +9,7 @@ import pytest
 import torch
 
 from experiments import width_vs_n
+from experiments.common.runs import COMMITTED, read_json
 
 
 @pytest.fixture(scope="module")
@@ -91,3 +92,17 @@ def test_slope_fit_from_min_n_leaves_out_a_floor():
     (math.inf, 50.0, True), (math.inf, math.inf, None)])
 def test_budget_check_flags_a_move_beyond_20_percent(w_cap, w_half, expected):
     assert width_vs_n.moved(w_cap, w_half) is expected
+
+
+def test_the_committed_cpu_run_reproduces_the_quick_fits_at_1600_steps():
+    """The notes say so: the cpu profile's W* read at 1,600 steps (a snapshot of a 6,400-step
+    run whose ensemble also holds width 512) equal the quick profile's W* at its 1,600-step
+    cap for two hidden layers, for every n and training set (same members, same seeds)."""
+    quick = read_json(COMMITTED["quick"] / "width_vs_n.json")["results"]["panels"]
+    cpu = read_json(COMMITTED["cpu"] / "width_vs_n.json")["results"]["panels"]
+    assert width_vs_n.PROFILES["quick"]["steps"] == 1600
+    for panel in ("main", "interval"):
+        for target in width_vs_n.TARGETS:
+            line = f"{target}/L=2"
+            assert cpu[panel][line]["smallest_width_at"]["1600"] == \
+                quick[panel][line]["smallest_width"]
