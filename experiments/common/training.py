@@ -25,6 +25,7 @@ On CUDA the forward pass runs under bf16 autocast.
 
 from __future__ import annotations
 
+import atexit
 import copy
 import hashlib
 import json
@@ -153,10 +154,20 @@ def setup_distributed() -> tuple[int, int, torch.device | None]:
     cuda = torch.cuda.is_available()
     if not dist.is_initialized():
         dist.init_process_group("nccl" if cuda else "gloo")
+        # Leave the group before the interpreter tears it down: a gloo group destroyed at
+        # exit with its threads still joinable aborts the rank ("terminate called without an
+        # active exception"), seen as a rare SIGABRT of the two-rank test on a loaded CI.
+        atexit.register(_leave_process_group)
     local = int(os.environ.get("LOCAL_RANK", "0"))
     if cuda:
         torch.cuda.set_device(local)
     return dist.get_rank(), dist.get_world_size(), torch.device(f"cuda:{local}" if cuda else "cpu")
+
+
+def _leave_process_group() -> None:
+    """Destroy the default process group if this process is still in one (atexit)."""
+    if dist.is_available() and dist.is_initialized():
+        dist.destroy_process_group()
 
 
 def _world() -> tuple[int, int]:
