@@ -79,16 +79,6 @@ PROFILES = {
         "eps": 0.25, "eps_grid": [0.1, 0.25, 0.5], "flat_tol": 0.25,
         "steps": 1600, "doublings": 2, "batch": 256, "lrs": [3e-3], "eval_draws": 2048,
     },
-    "cpu": {
-        "seed": 0, "workers": 2, "device": "cpu", "dtype": "float32", "d": 8, "K": 8,
-        "mean_std": 2.0, "ns": [4, 8, 16, 32, 64], "fit_min_n": 8,
-        "widths": [2, 4, 8, 16, 32, 64, 128, 256, 512], "max_width_deep": 512,
-        "depths": [2], "seeds": 3,
-        "t_main": 0.2, "t_interval": [0.05, 0.2], "t_points": 5, "interval_depths": [2],
-        "dup_n": 32, "dup_copies": [16, 24, 28], "dup_depth": 2,
-        "eps": 0.25, "eps_grid": [0.1, 0.25, 0.5], "flat_tol": 0.25,
-        "steps": 6400, "doublings": 3, "batch": 256, "lrs": [3e-3], "eval_draws": 2048,
-    },
     "paper": {
         "seed": 0, "workers": 1, "device": "auto", "dtype": "float32", "d": 8, "K": 8,
         "mean_std": 2.0, "ns": [4, 8, 16, 32, 64, 128, 256, 512, 1024], "fit_min_n": 8,
@@ -101,6 +91,9 @@ PROFILES = {
         "eval_draws": 16384,
     },
 }
+# The quick profile with two hidden layers only, widths to 512 and a 4x cap.
+PROFILES["cpu"] = {**PROFILES["quick"], "widths": [2, 4, 8, 16, 32, 64, 128, 256, 512],
+                   "max_width_deep": 512, "depths": [2], "steps": 6400, "doublings": 3}
 TARGETS = ("empirical", "true")
 BUDGET_MOVE = 0.2  # a W* that moves by more than this (relative) when the cap doubles
 
@@ -257,7 +250,8 @@ def _line(config: dict, fits: dict[int, list[dict]]) -> dict:
         entry["budget_check"][hi] = {"from": int(lo), "moved": sum(m is True for m in moves),
                                      "compared": sum(m is not None for m in moves)}
     entry["smallest_width"] = _none_for_inf(entry["smallest_width"])
-    entry["smallest_width_at"] = {c: _none_for_inf(w) for c, w in at.items() if c in smaller}
+    entry["smallest_width_at"] = {c: _none_for_inf(entry["smallest_width_at"][c])
+                                  for c in smaller}
     return entry
 
 
@@ -330,6 +324,23 @@ def _cap_counts(entry: dict) -> tuple[int, int]:
     return on_cap, len(entry["widths"]) * sum(len(v) for v in entry["on_cap"].values())
 
 
+def _w_star_by_cap(entry: dict, steps: int) -> dict[str, dict[str, list]]:
+    """W* per training set (None: beyond the grid) at every cap, increasing: cap -> n -> list."""
+    return {**entry["smallest_width_at"], str(steps): entry["smallest_width"]}
+
+
+def _move_ratio(at: dict, lo: str, hi: str) -> dict[int, float]:
+    """W*(cap hi) / W*(cap lo) per n: the geometric mean over the training sets where both
+    reached eps (n without such a set left out)."""
+    out = {}
+    for n, ws in at[hi].items():
+        logs = [math.log(a / b) for a, b in zip(ws, at[lo][n], strict=True)
+                if a is not None and b is not None]
+        if logs:
+            out[int(n)] = math.exp(float(np.mean(logs)))
+    return out
+
+
 def _flat(slope: dict, tol: float) -> bool:
     """Whether a slope's whole 95% interval lies within [-tol, tol] (W* flat in n)."""
     return slope["ci_low"] is not None and -tol <= slope["ci_low"] and slope["ci_high"] <= tol
@@ -338,7 +349,8 @@ def _flat(slope: dict, tol: float) -> bool:
 def facts(result: dict) -> dict[str, float]:
     """Per fitted line ("<panel>/<target>/<depth>", e.g. "main/empirical/L=1"): the slope of
     log W* on log n (n >= fit_min_n) with its interval at eps and at every eps of the grid,
-    the fits left out, the member fits stopped by the cap, the budget check, W* (mean over
+    the fits left out, the member fits stopped by the cap, the budget check (at every eps
+    for the last doubling), W* (mean over
     training sets) at each n and the local slopes between neighbouring n, the slope at the
     smaller caps and W*(cap) / W*(cap / 2) per n; counts of true-score slopes flat within
     flat_tol and of empirical slopes whose interval reaches down to 1; the duplicates'
@@ -356,6 +368,14 @@ def facts(result: dict) -> dict[str, float]:
             for k in ("slope", "ci_low", "ci_high", "not_reached"):
                 if sl[k] is not None:
                     out[f"{line}/eps={eps}/{k}"] = sl[k]
+            # The budget check of the last doubling, read at this eps from the stored r.
+            moves = [moved(smallest_width(entry["widths"], a, float(eps)),
+                           smallest_width(entry["widths"], b, float(eps)))
+                     for n, rs in entry["ratio"].items()
+                     for a, b in zip(rs, entry["ratio_at"][str(cfg["steps"] // 2)][n],
+                                     strict=True)]
+            out[f"{line}/eps={eps}/budget_moved"] = sum(m is True for m in moves)
+            out[f"{line}/eps={eps}/budget_compared"] = sum(m is not None for m in moves)
             if sl["ci_low"] is None:
                 continue
             if target == "true":
@@ -380,11 +400,9 @@ def facts(result: dict) -> dict[str, float]:
             for k in ("slope", "not_reached"):
                 if sl[k] is not None:
                     out[f"{line}/cap={cap}/{k}"] = sl[k]
-        for n, ws in entry["smallest_width"].items():
-            logs = [math.log(a / b) for a, b in zip(ws, entry["smallest_width_at"][half][n],
-                                                    strict=True) if a is not None and b is not None]
-            if logs:  # geometric mean over training sets of W*(cap) / W*(cap / 2)
-                out[f"{line}/budget_ratio/n={n}"] = math.exp(float(np.mean(logs)))
+        moves = _move_ratio(_w_star_by_cap(entry, cfg["steps"]), half, str(cfg["steps"]))
+        for n, ratio in moves.items():
+            out[f"{line}/budget_ratio/n={n}"] = ratio
         ns = [int(n) for n in entry["smallest_width"]]
         means = [_mean_width(ws) for ws in entry["smallest_width"].values()]
         for n, m in zip(ns, means, strict=True):
@@ -546,19 +564,13 @@ def plot(result: dict, stem) -> list:
     for k, (panel, target, depth, entry) in enumerate(lines):
         if panel != "main":
             continue
-        at = {**entry["smallest_width_at"], str(cfg["steps"]): entry["smallest_width"]}
+        at = _w_star_by_cap(entry, cfg["steps"])
         doublings = list(zip(list(at)[:-1], list(at)[1:], strict=True))
         for i, (lo, hi) in enumerate(doublings):  # the last doubling solid, earlier ones faint
             last = i == len(doublings) - 1
-            ns, ratios = [], []
-            for n, ws in at[hi].items():
-                logs = [math.log(a / b) for a, b in zip(ws, at[lo][n], strict=True)
-                        if a is not None and b is not None]
-                if logs:
-                    ns.append(int(n))
-                    ratios.append(math.exp(np.mean(logs)))
-            drawn |= bool(ns)
-            ax.plot(ns, ratios, marker="o" if target == "empirical" else "s",
+            moves = _move_ratio(at, lo, hi)
+            drawn |= bool(moves)
+            ax.plot(list(moves), list(moves.values()), marker="o" if target == "empirical" else "s",
                     ls="-" if last else ":", alpha=1.0 if last else 0.3 + 0.5 * i / len(doublings),
                     color=COLORS[k % len(COLORS)],
                     label=f"{target}, {depth}: {lo} -> {hi} steps")

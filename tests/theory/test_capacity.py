@@ -130,6 +130,21 @@ def test_plateau_rule_stops_where_constructed(setting):
     assert fits.stop_step == (200, 200) and fits.on_plateau == (False, False)
 
 
+def test_each_member_trains_at_its_own_learning_rate(setting):
+    """Two learning rates per width, 1e-9 (the member barely moves) and 1e-2: validation
+    must pick 1e-2 for every width, and its error must be far below that of a sweep at
+    1e-9 alone. Catches a learning-rate field that maps members to the wrong rate (a width
+    trained only at 1e-9 stays at its initial error) or a choice read off the wrong member."""
+    mix, points = setting
+    kw = dict(steps=300, batch=64, eval_draws=256, patience=100)
+    both = fit_width_sweep(mix, points, mix, (0.2, 0.2), [2, 8], 1,
+                           FitBudget(lrs=(1e-9, 1e-2), **kw), seed=0).final
+    still = fit_width_sweep(mix, points, mix, (0.2, 0.2), [2, 8], 1,
+                            FitBudget(lrs=(1e-9,), **kw), seed=0).final
+    assert both.lr == (1e-2, 1e-2)
+    assert all(a < 0.5 * b for a, b in zip(both.ratio, still.ratio, strict=True))
+
+
 def test_a_snapshot_is_the_run_capped_there(setting):
     """The schedule never looks at the cap, so the snapshot at step s of a run capped at 2 s
     is exactly the run capped at s (the budget check's premise)."""
