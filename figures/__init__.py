@@ -8,4 +8,6 @@ REGISTRY = [
     "experiments.gmm_sweeps",
     "experiments.gmm_pruning",
     "experiments.dit_pruning",
+    "experiments.mitigation",
+    "experiments.mitigation_dit",
 ]

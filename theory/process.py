@@ -29,6 +29,9 @@ __all__ = [
     "forward_sample",
     "log_time_grid",
     "BetaTimeSampler",
+    "ddpm_linear_times",
+    "DDPMBetaTimeSampler",
+    "LogUniformTimeSampler",
     "derive_seed",
     "generator",
 ]
@@ -136,6 +139,85 @@ class BetaTimeSampler:
 
     def __repr__(self) -> str:
         return f"BetaTimeSampler(a={self.a}, b={self.b}, t0={self.t0}, T={self.T})"
+
+
+def ddpm_linear_times(steps: int = 1000, beta_start: float = 1e-4,
+                      beta_end: float = 0.02) -> np.ndarray:
+    """The OU time of each step k = 1..steps of a DDPM linear beta schedule, shape (steps,).
+
+    DDPM (and the DiT codebase) noises x_k = sqrt(abar_k) x_0 + sqrt(1 - abar_k) eps with
+    abar_k = prod_{i <= k} (1 - beta_i), beta linear from beta_start to beta_end. Our OU
+    process has alpha_t^2 = e^{-t}, so the same noise level is t(k) = -log abar_k
+    = sum_{i <= k} -log(1 - beta_i) (summed with log1p: exact for beta ~ 1e-4).
+    """
+    check_int(steps, "steps", 1)
+    if not 0 < beta_start <= beta_end < 1:
+        raise ValueError(f"need 0 < beta_start <= beta_end < 1, got {beta_start}, {beta_end}")
+    betas = np.linspace(beta_start, beta_end, steps, dtype=np.float64)
+    return np.cumsum(-np.log1p(-betas))
+
+
+class DDPMBetaTimeSampler:
+    """The paper's importance times read as in its codebase: u ~ Beta(a, b) on the
+    *normalized DDPM step index*, k = ceil(u * steps) (at least 1), t = t_OU(k) of
+    ``ddpm_linear_times`` (App. D.1 with DiT's linear schedule, 1,000 steps).
+
+    With Beta(0.8, 2) the median step is k = 231, t = 0.55 (``median``; a linear map of the
+    same Beta law onto [t0, T] = [1e-3, 8] puts it at 1.85). Times run from t(1) = 1e-4 to
+    t(1000) = 10.1; the 0.9% of draws above T = 8 (k > 889) and the 3% below t0 = 1e-3
+    (k <= 6) are kept, not clipped (the DSM loss is defined at every t): the sampler knows
+    no t0 or T of ours, only the DDPM schedule.
+    """
+
+    def __init__(self, a: float = 0.8, b: float = 2.0, steps: int = 1000,
+                 beta_start: float = 1e-4, beta_end: float = 0.02) -> None:
+        for name, value in (("a", a), ("b", b)):
+            if not value > 0:
+                raise ValueError(f"Beta parameter {name} must be > 0, got {value}")
+        self.a, self.b = float(a), float(b)
+        self.times = ddpm_linear_times(steps, beta_start, beta_end)
+
+    def step_index(self, u: np.ndarray) -> np.ndarray:
+        """k = max(1, ceil(u * steps)) for normalized step indices u in [0, 1]."""
+        return np.clip(np.ceil(u * len(self.times)), 1, len(self.times)).astype(np.int64)
+
+    def sample(
+        self, n: int, generator: torch.Generator | None = None, dtype: torch.dtype = torch.float32
+    ) -> torch.Tensor:
+        """n OU times, shape (n,), by the inverse CDF of the Beta law (a Generator fixes them)."""
+        u = torch.rand(n, generator=generator, dtype=torch.float64).numpy()
+        k = self.step_index(special.betaincinv(self.a, self.b, u))
+        return torch.from_numpy(self.times[k - 1]).to(dtype)
+
+    def median(self) -> float:
+        """The median OU time: t_OU of the median step ceil(steps * median of Beta(a, b))."""
+        u = special.betaincinv(self.a, self.b, 0.5)
+        return float(self.times[self.step_index(np.array([u]))[0] - 1])
+
+    def __repr__(self) -> str:
+        return f"DDPMBetaTimeSampler(a={self.a}, b={self.b}, steps={len(self.times)})"
+
+
+class LogUniformTimeSampler:
+    """Times log-uniform on [t0, t1]: equal mass per decade of small t, where the empirical
+    and the true score differ most (Thm 4.3's window, Lemma C.1's sigma_t^-4)."""
+
+    def __init__(self, t0: float, t1: float) -> None:
+        check_time(t0, name="t0")
+        if not t1 > t0:
+            raise ValueError(f"t1 must exceed t0={t0}, got {t1}")
+        self.t0, self.t1 = float(t0), float(t1)
+
+    def sample(
+        self, n: int, generator: torch.Generator | None = None, dtype: torch.dtype = torch.float32
+    ) -> torch.Tensor:
+        """n times in [t0, t1], shape (n,)."""
+        u = torch.rand(n, generator=generator, dtype=torch.float64)
+        lo, hi = math.log(self.t0), math.log(self.t1)
+        return torch.exp(lo + (hi - lo) * u).to(dtype)
+
+    def __repr__(self) -> str:
+        return f"LogUniformTimeSampler(t0={self.t0}, t1={self.t1})"
 
 
 def derive_seed(seed: int, *keys: int) -> int:

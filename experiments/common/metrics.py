@@ -27,6 +27,7 @@ __all__ = [
     "memorization_ratio",
     "extreme_memorization_n",
     "mean_log_likelihood",
+    "energy_distance",
 ]
 
 MEMORIZATION_THRESHOLD = 1 / 9
@@ -290,3 +291,18 @@ def mean_log_likelihood(samples: torch.Tensor, mixture: GaussianMixture) -> Esti
     """Mean log p_data(x) of samples (m, d) under the true mixture, with its standard error."""
     check_matrix(samples, "samples", cols=mixture.d)
     return Estimate.from_draws(mixture.log_prob(samples.to(mixture.dtype), 0.0))
+
+
+def energy_distance(x: torch.Tensor, y: torch.Tensor) -> float:
+    """Squared energy distance 2 E||X - Y|| - E||X - X'|| - E||Y - Y'|| between the empirical
+    laws of x (m, d) and y (k, d) (Székely & Rizzo; V-statistic: means over all pairs, the
+    zero diagonal included, so >= 0; scipy.stats.energy_distance is its square root in 1-D).
+
+    Sees both copying (samples on a few points) and collapse (samples off the data), unlike
+    the log-likelihood, which rewards collapse onto modes. Float64, exact pairwise distances
+    (memory O((m + k)^2): meant for the few thousand samples of a study, not for 10^5).
+    """
+    check_matrix(x, "x")
+    check_matrix(y, "y", cols=x.shape[1])
+    x, y = x.double(), y.double().to(x.device)
+    return float(2 * torch.cdist(x, y).mean() - torch.cdist(x, x).mean() - torch.cdist(y, y).mean())

@@ -12,6 +12,11 @@ paper's Algorithm 2:
 3. remove the floor(eta * H) groups of lowest I(h), ranked globally over all layers;
 4. fine-tune the smaller model with the shared training loop (experiments/common/training).
 
+Beyond Alg. 2 (``criterion_scores``, issue "mitigation"): "generalization_gap" (groups whose
+removal costs the training loss much more than a held-out loss: the memorizing groups) and
+"oracle" (Gaussian mixtures: groups whose removal moves the network towards the true
+score), from the same pass over shared (t, eps) draws (``mask_gradient_sums``); the time
+law of that pass is an option (``importance_times``: "linear", "paper", "small_t").
 Baselines: magnitude (weight norms of the group, normalized per layer the same way) and
 random scores. ``prune`` removes the groups physically: the result is a smaller model
 whose outputs equal those of the original with the removed groups masked to zero.
@@ -27,7 +32,7 @@ from __future__ import annotations
 import copy
 import math
 from abc import ABC, abstractmethod
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 
 import torch
@@ -36,10 +41,22 @@ from torch import nn
 from experiments.common.dit import Attention, Mlp
 from experiments.common.training import dsm_loss
 from theory.networks import ScoreMLP
-from theory.process import BetaTimeSampler
+from theory.process import (
+    BetaTimeSampler,
+    DDPMBetaTimeSampler,
+    LogUniformTimeSampler,
+    alpha,
+    sigma,
+)
 
 __all__ = [
+    "DATA_METHODS",
     "IMPORTANCE_METHODS",
+    "TIME_LAWS",
+    "importance_times",
+    "mask_gradient_sums",
+    "criterion_scores",
+    "live_groups",
     "Groups",
     "HiddenUnits",
     "AttentionHeads",
@@ -53,7 +70,8 @@ __all__ = [
     "prune",
 ]
 
-IMPORTANCE_METHODS = ("mask_gradient", "magnitude", "random")
+DATA_METHODS = ("mask_gradient", "generalization_gap", "oracle")
+IMPORTANCE_METHODS = (*DATA_METHODS, "magnitude", "random")
 Scores = dict[str, torch.Tensor]  # layer name -> one value per group, shape (groups,)
 
 
@@ -263,6 +281,109 @@ class MlpChannels(_DiTGroups):
         return new
 
 
+TIME_LAWS = ("linear", "paper", "small_t")
+ScoreFn = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
+
+
+def importance_times(law: str, t0: float = 1e-3, T: float = 8.0,
+                     beta: tuple[float, float] = (0.8, 2.0), small_t_max: float = 0.1):
+    """The time law of the importance pass (Alg. 2, step 1), an object with ``sample``.
+
+    "linear": t = t0 + (T - t0) u, u ~ Beta(beta) (median 1.85 on [1e-3, 8]; the suite's
+    first reading of App. D.1); "paper": u ~ Beta(beta) on the normalized DDPM step index,
+    mapped to OU time through DiT's linear beta schedule (``theory.process.
+    DDPMBetaTimeSampler``, median 0.55); "small_t": log-uniform on [t0, small_t_max], where
+    the empirical and the true score separate (Thm 4.3's small-time window).
+    """
+    if law == "linear":
+        return BetaTimeSampler(*beta, t0, T)
+    if law == "paper":
+        return DDPMBetaTimeSampler(*beta)
+    if law == "small_t":
+        return LogUniformTimeSampler(t0, small_t_max)
+    raise ValueError(f"times must be one of {TIME_LAWS}, got {law!r}")
+
+
+def mask_gradient_sums(
+    groups: Groups,
+    data: torch.Tensor,
+    batches: int,
+    batch_size: int = 256,
+    t0: float = 1e-3,
+    T: float = 8.0,
+    beta: tuple[float, float] = (0.8, 2.0),
+    seed: int = 0,
+    times: str = "linear",
+    heldout: torch.Tensor | None = None,
+    true_score: ScoreFn | None = None,
+) -> dict[str, Scores]:
+    """Mask gradients g_h = dL/d xi_h at xi = 1 of up to three losses, summed over ``batches``
+    batches that share their (t, eps) draws (one pass for every criterion):
+
+    - "train_abs": sum |dL_train/d xi_h| (Alg. 2, step 1) and "train": sum dL_train/d xi_h,
+      L_train the DSM loss (eq. 3.1, sigma_t^2-weighted) of batch_size training points;
+    - "heldout": sum dL_heldout/d xi_h, the same loss on held-out points (``heldout`` (M, ...):
+      fresh draws from the data law, or images outside the training subset);
+    - "oracle": sum dE/d xi_h, E = mean sigma_t^2 ||s(X_t, t) - true_score(X_t, t)||^2 at the
+      training batch's X_t = alpha_t x_i + sigma_t eps, i.e. X_t ~ P_hat_t (Prop. 4.1's
+      measure); true_score(x, t) is evaluated without gradient, in float64.
+
+    Removing group h (xi_h: 1 -> 0) changes a loss by about -g_h (first order). Times by
+    ``importance_times(times, t0, T, beta)``. The model's parameters are left unchanged.
+    Returns {kind: (groups,) per layer}, only the kinds whose inputs were given.
+    """
+    if batches < 1 or batch_size < 1:
+        raise ValueError(f"batches and batch_size must be >= 1, got {batches}, {batch_size}")
+    if heldout is not None and tuple(heldout.shape[1:]) != tuple(data.shape[1:]):
+        raise ValueError(f"heldout must have rows of the training data's shape "
+                         f"{tuple(data.shape[1:])}, got {tuple(heldout.shape)}")
+    ref = next(groups.model.parameters())
+    dev, dtype = ref.device, ref.dtype
+    data = data.to(dev, dtype)
+    heldout = None if heldout is None else heldout.to(dev, dtype)
+    g = torch.Generator().manual_seed(seed)  # CPU draws: the same numbers on any device
+    sampler = importance_times(times, t0, T, beta)
+    sizes = groups.sizes()
+    masks = {k: torch.ones(s, device=dev, dtype=dtype, requires_grad=True)
+             for k, s in sizes.items()}
+    kinds = ["train_abs", "train"] + ["heldout"] * (heldout is not None) \
+        + ["oracle"] * (true_score is not None)
+    total = {kind: {k: torch.zeros(s, device=dev, dtype=torch.float64) for k, s in sizes.items()}
+             for kind in kinds}
+    params = list(masks.values())
+
+    def accumulate(kind: str, loss: torch.Tensor) -> None:
+        for k, gr in zip(masks, torch.autograd.grad(loss, params), strict=True):
+            total[kind][k] += gr.double()
+            if kind == "train":
+                total["train_abs"][k] += gr.double().abs()
+
+    was_training = groups.model.training
+    groups.model.eval()
+    try:
+        with groups.masked(masks):
+            for _ in range(batches):
+                idx = torch.randint(data.shape[0], (batch_size,), generator=g)
+                t = sampler.sample(batch_size, g, torch.float64).to(dev, dtype)
+                eps = torch.randn((batch_size, *data.shape[1:]), generator=g, dtype=dtype).to(dev)
+                x0 = data[idx.to(dev)]
+                accumulate("train", dsm_loss(groups.model, x0, t, eps))
+                if heldout is not None:
+                    jdx = torch.randint(heldout.shape[0], (batch_size,), generator=g)
+                    accumulate("heldout", dsm_loss(groups.model, heldout[jdx.to(dev)], t, eps))
+                if true_score is not None:
+                    shape = (-1,) + (1,) * (x0.ndim - 1)
+                    a, s = alpha(t).view(shape), sigma(t).view(shape)
+                    x_t = a * x0 + s * eps
+                    with torch.no_grad():
+                        target = true_score(x_t.double(), t.double()).to(dtype)
+                    gap = (s * (groups.model(x_t, t) - target)).square().flatten(1).sum(1)
+                    accumulate("oracle", gap.mean())
+    finally:
+        groups.model.train(was_training)
+    return total
+
+
 def mask_gradients(
     groups: Groups,
     data: torch.Tensor,
@@ -272,74 +393,95 @@ def mask_gradients(
     T: float = 8.0,
     beta: tuple[float, float] = (0.8, 2.0),
     seed: int = 0,
+    times: str = "linear",
 ) -> Scores:
     """S(h) = sum over ``batches`` batches of |dL/d xi_h| at xi = 1 (Alg. 2, step 1).
 
     data (N, ...): the training set; L: the DSM loss (eq. 3.1) of a batch of batch_size
-    training points with times t ~ Beta(beta) on [t0, T] and fresh noise. The model's
-    parameters get no gradient and are left unchanged. Returns (groups,) per layer.
+    training points with times by ``importance_times(times, t0, T, beta)`` and fresh noise.
+    The model's parameters get no gradient and are left unchanged. Returns (groups,) per layer.
     """
-    if batches < 1 or batch_size < 1:
-        raise ValueError(f"batches and batch_size must be >= 1, got {batches}, {batch_size}")
-    ref = next(groups.model.parameters())
-    dev, dtype = ref.device, ref.dtype
-    data = data.to(dev, dtype)
-    g = torch.Generator().manual_seed(seed)  # CPU draws: the same numbers on any device
-    sampler = BetaTimeSampler(*beta, t0, T)
-    masks = {k: torch.ones(s, device=dev, dtype=dtype, requires_grad=True)
-             for k, s in groups.sizes().items()}
-    total = {k: torch.zeros(s, device=dev, dtype=dtype) for k, s in groups.sizes().items()}
-    was_training = groups.model.training
-    groups.model.eval()
-    try:
-        with groups.masked(masks):
-            for _ in range(batches):
-                idx = torch.randint(data.shape[0], (batch_size,), generator=g)
-                t = sampler.sample(batch_size, g, torch.float64).to(dev, dtype)
-                eps = torch.randn((batch_size, *data.shape[1:]), generator=g, dtype=dtype)
-                loss = dsm_loss(groups.model, data[idx.to(dev)], t, eps.to(dev))
-                grads = torch.autograd.grad(loss, list(masks.values()))
-                for k, gr in zip(masks, grads, strict=True):
-                    total[k] += gr.abs()
-    finally:
-        groups.model.train(was_training)
-    return total
+    sums = mask_gradient_sums(groups, data, batches, batch_size, t0, T, beta, seed, times)
+    return {k: v.to(next(groups.model.parameters()).dtype) for k, v in sums["train_abs"].items()}
 
 
-def normalize_per_layer(scores: Scores) -> Scores:
-    """I(h) = S(h) / ||S(layer)||_2 (Alg. 2, step 2); a layer of zeros stays zero."""
+def normalize_per_layer(scores: Scores, signed: bool = False) -> Scores:
+    """I(h) = S(h) / ||S(layer)||_2 (Alg. 2, step 2); a layer of zeros stays zero.
+
+    signed=False (Alg. 2's scores) requires S >= 0; signed criteria keep their sign.
+    """
     out = {}
     for k, s in scores.items():
-        if not torch.isfinite(s).all() or (s < 0).any():
-            raise ValueError(f"scores[{k!r}] must be finite and >= 0")
+        if not torch.isfinite(s).all() or (not signed and (s < 0).any()):
+            raise ValueError(f"scores[{k!r}] must be finite" + ("" if signed else " and >= 0"))
         norm = s.norm()
         out[k] = s / norm if norm > 0 else s.clone()
     return out
 
 
+def criterion_scores(method: str, sums: dict[str, Scores]) -> Scores:
+    """Per-layer normalized importance (higher = keep; ``select`` removes the lowest) of a
+    data-driven criterion from ``mask_gradient_sums`` output g (summed over batches):
+
+    - "mask_gradient" (Alg. 2): I = sum |g_train|;
+    - "generalization_gap": I = g_train - g_heldout = c_heldout - c_train with c = -g the
+      first-order cost of removing h; lowest = removal costs the training loss much more
+      than the held-out loss: the memorizing groups;
+    - "oracle": I = -g_oracle, the first-order increase of the distance to the true score
+      when h goes; lowest = removal moves the network most towards the true score.
+    """
+    if method == "mask_gradient":
+        return normalize_per_layer(sums["train_abs"])
+    needs = {"generalization_gap": "heldout", "oracle": "oracle"}
+    if method not in needs:
+        raise ValueError(f"method must be one of {DATA_METHODS}, got {method!r}")
+    if needs[method] not in sums:
+        raise ValueError(f"method {method!r} needs the {needs[method]!r} mask gradients: pass "
+                         + ("heldout" if method == "generalization_gap" else "true_score"))
+    if method == "generalization_gap":
+        raw = {k: sums["train"][k] - sums["heldout"][k] for k in sums["train"]}
+    else:
+        raw = {k: -v for k, v in sums["oracle"].items()}
+    return normalize_per_layer(raw, signed=True)
+
+
+def live_groups(sums: dict[str, Scores]) -> dict[str, torch.Tensor]:
+    """bool (groups,) per layer: False where every training-loss mask gradient was exactly 0
+    (a dead ReLU unit, a silenced head): removing such a group changes nothing."""
+    return {k: v > 0 for k, v in sums["train_abs"].items()}
+
+
 def importance(
     groups: Groups, method: str, data: torch.Tensor | None = None, batches: int = 32,
     batch_size: int = 256, t0: float = 1e-3, T: float = 8.0, beta: tuple[float, float] = (0.8, 2.0),
-    seed: int = 0,
+    seed: int = 0, times: str = "linear", heldout: torch.Tensor | None = None,
+    true_score: ScoreFn | None = None,
 ) -> Scores:
-    """Per-layer normalized importance of every group by ``method`` (Alg. 2 and baselines).
+    """Per-layer normalized importance of every group by ``method`` (higher = keep).
 
-    "mask_gradient": Alg. 2 (needs the training set ``data``); "magnitude": weight norms;
-    "random": uniform scores from ``seed``. Returns (groups,) per layer, compared globally.
+    "mask_gradient" (Alg. 2), "generalization_gap" (needs ``heldout``), "oracle" (needs
+    ``true_score``): from ``mask_gradient_sums`` on the training set ``data``, see
+    ``criterion_scores``; "magnitude": weight norms; "random": uniform scores from ``seed``.
+    Returns (groups,) per layer, compared globally.
     """
     if method not in IMPORTANCE_METHODS:
         raise ValueError(f"method must be one of {IMPORTANCE_METHODS}, got {method!r}")
-    if method == "mask_gradient":
+    if method in DATA_METHODS:
         if data is None:
-            raise ValueError("method 'mask_gradient' needs the training set: pass data")
-        raw = mask_gradients(groups, data, batches, batch_size, t0, T, beta, seed)
-    elif method == "magnitude":
-        raw = groups.magnitude()
-    else:
-        g = torch.Generator().manual_seed(seed)
-        raw = {k: torch.rand(s, generator=g, dtype=torch.float64)
-               for k, s in groups.sizes().items()}
-    return normalize_per_layer(raw)
+            raise ValueError(f"method {method!r} needs the training set: pass data")
+        if method == "generalization_gap" and heldout is None:
+            raise ValueError("method 'generalization_gap' needs held-out data: pass heldout")
+        if method == "oracle" and true_score is None:
+            raise ValueError("method 'oracle' needs the true score: pass true_score")
+        sums = mask_gradient_sums(groups, data, batches, batch_size, t0, T, beta, seed, times,
+                                  heldout if method == "generalization_gap" else None,
+                                  true_score if method == "oracle" else None)
+        return criterion_scores(method, sums)
+    if method == "magnitude":
+        return normalize_per_layer(groups.magnitude())
+    g = torch.Generator().manual_seed(seed)
+    return normalize_per_layer({k: torch.rand(s, generator=g, dtype=torch.float64)
+                                for k, s in groups.sizes().items()})
 
 
 def groups_to_remove(sizes: Sequence[int], eta: float, min_keep: int = 0) -> int:
@@ -359,18 +501,45 @@ def groups_to_remove(sizes: Sequence[int], eta: float, min_keep: int = 0) -> int
     return remove
 
 
-def select(scores: Scores, eta: float, min_keep: int = 0) -> dict[str, torch.Tensor]:
+def select(scores: Scores, eta: float, min_keep: int = 0,
+           live: dict[str, torch.Tensor] | None = None,
+           count: int | None = None) -> dict[str, torch.Tensor]:
     """keep masks (bool, (groups,) per layer) without the floor(eta * H) lowest groups overall.
 
     H = all groups of all layers; ranking is global (Alg. 2, step 3); ties go to the earlier
     layer and group. A group whose removal would leave its layer with fewer than
     ``min_keep`` groups is skipped and the next lowest is taken instead.
+
+    live (bool per group, e.g. ``live_groups``): eta then counts over the live groups only:
+    every dead group goes first (it changes nothing) and floor(eta * live groups) live ones
+    after it, so that every criterion removes the same number of working groups.
+    count: remove exactly this many live groups instead of floor(eta * live groups) (eta is
+    then ignored; for iterative pruning, whose rounds remove fixed numbers).
     """
     layers = list(scores)
     sizes = [scores[k].numel() for k in layers]
     total = sum(sizes)
-    remove = groups_to_remove(sizes, eta, min_keep)
     flat = torch.cat([scores[k].detach().double().cpu() for k in layers])
+    if live is None:
+        if count is not None:
+            raise ValueError("count needs live (the groups it counts over)")
+        remove = groups_to_remove(sizes, eta, min_keep)
+    else:
+        if set(live) != set(layers) or any(live[k].shape != scores[k].shape for k in layers):
+            raise ValueError("live must have one bool tensor per layer of scores, same shapes")
+        alive = torch.cat([live[k].cpu() for k in layers]).bool()
+        dead = int((~alive).sum())
+        if count is not None and (isinstance(count, bool) or not isinstance(count, int)
+                                  or not 0 <= count <= total - dead):
+            raise ValueError(f"count must be an int in [0, {total - dead}] (the live groups), "
+                             f"got {count!r}")
+        remove = dead + (groups_to_remove([total - dead], eta) if count is None else count)
+        removable = sum(max(0, s - min_keep) for s in sizes)
+        if remove > removable:
+            raise ValueError(f"eta={eta} removes {remove} of {total} groups ({dead} dead), but "
+                             f"only {removable} can go while every layer keeps "
+                             f"min_keep={min_keep}")
+        flat = torch.where(alive, flat, torch.tensor(-math.inf, dtype=flat.dtype))
     owner = torch.cat([torch.full((s,), i) for i, s in enumerate(sizes)])
     order = torch.argsort(flat, stable=True)
     keep = torch.ones(total, dtype=torch.bool)

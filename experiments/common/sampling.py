@@ -22,9 +22,11 @@ import torch
 from tqdm import tqdm
 
 from theory._checks import check_int
-from theory.process import log_time_grid
+from theory.process import alpha, log_time_grid, sigma2
 
-__all__ = ["METHODS", "sampling_times", "reverse_sde", "probability_flow", "sample"]
+__all__ = [
+    "METHODS", "sampling_times", "reverse_sde", "probability_flow", "posterior_mean", "sample",
+]
 
 ScoreFn = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
 METHODS = ("exponential", "euler_maruyama", "heun_ode")
@@ -101,6 +103,12 @@ def probability_flow(
     return x
 
 
+def posterior_mean(score: ScoreFn, x: torch.Tensor, t: float) -> torch.Tensor:
+    """Tweedie's formula E[X_0 | X_t = x] = (x + sigma_t^2 s(x, t)) / alpha_t, x (batch, d):
+    the last step of a sampler stopped at a noise floor t (issue "mitigation")."""
+    return (x + sigma2(t) * _score_at(score, x, t)) / alpha(t)
+
+
 def sample(
     score: ScoreFn,
     num: int,
@@ -113,10 +121,13 @@ def sample(
     dtype: torch.dtype = torch.float32,
     device: str | torch.device = "cpu",
     progress: bool = False,
+    denoise: bool = False,
 ) -> torch.Tensor:
     """num samples (num, d): x_T ~ N(0, I), then the chosen sampler down to t0 (§3).
 
     method: "exponential" or "euler_maruyama" (reverse SDE), "heun_ode" (probability flow).
+    denoise: end with the posterior-mean step at t0 (``posterior_mean``) instead of
+    returning x_t0 (for a sampler stopped at a noise floor t0).
     """
     if method not in METHODS:
         raise ValueError(f"method must be one of {METHODS}, got {method!r}")
@@ -130,6 +141,8 @@ def sample(
             x = probability_flow(score, x, times, progress)
         else:
             x = reverse_sde(score, x, times, generator, method, progress)
+        if denoise:
+            x = posterior_mean(score, x, float(times[-1]))
     if not torch.isfinite(x).all():  # finite scores, but a step overflowed
         raise FloatingPointError(f"the {method} sampler produced non-finite samples "
                                  f"({steps} steps from T={T} to t0={t0})")

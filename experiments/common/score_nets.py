@@ -104,6 +104,7 @@ class SamplerSpec:
     t0: float = 1e-3
     steps: int = 400
     method: str = "exponential"
+    denoise: bool = False  # end with the posterior-mean step at t0 (a noise floor)
 
     def __post_init__(self) -> None:
         check_int(self.num, "num", 2)  # the memorization ratio and the intervals need >= 2
@@ -178,7 +179,7 @@ def measure(
     dev = resolve_device(device)
     g = generator(seed, _SAMPLE_STREAM)
     x = sample(score, sampler.num, points.shape[1], sampler.T, sampler.t0, sampler.steps,
-               sampler.method, generator=g, dtype=dtype, device=dev)
+               sampler.method, generator=g, dtype=dtype, device=dev, denoise=sampler.denoise)
     x = x.double().cpu()
     if not torch.isfinite(x).all():
         raise FloatingPointError("the sampler produced non-finite samples: the score diverged")

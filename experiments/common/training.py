@@ -31,6 +31,8 @@ import hashlib
 import json
 import math
 import os
+import tempfile
+from collections.abc import Iterator
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -42,13 +44,15 @@ from tqdm import tqdm
 
 from experiments.common.runs import load_checkpoint, resolve_device, save_checkpoint
 from theory._checks import check_int, check_real
-from theory.process import BetaTimeSampler, alpha, sigma
+from theory.process import BetaTimeSampler, LogUniformTimeSampler, alpha, sigma
 
 __all__ = [
     "TrainConfig",
     "learning_rate",
     "sample_times",
     "dsm_loss",
+    "jacobian_penalty",
+    "train_snapshots",
     "setup_distributed",
     "checkpoint_path",
     "train",
@@ -76,6 +80,10 @@ class TrainConfig:
     grad_clip: float | None = 1.0
     checkpoint_every: int = 500
     seed: int = 0
+    # Small-t Lipschitz penalty (issue "mitigation"; Lemma C.1): adds jacobian_penalty *
+    # E sigma_t^4 ||ds/dx||_F^2 at t log-uniform on [t0, jacobian_t_max], see jacobian_penalty.
+    jacobian_penalty: float = 0.0
+    jacobian_t_max: float = 0.1
 
     def __post_init__(self) -> None:
         for name in ("steps", "batch", "checkpoint_every"):
@@ -84,6 +92,10 @@ class TrainConfig:
         for name in ("lr", "t0", "T", "beta_a", "beta_b"):
             check_real(getattr(self, name), name, "> 0", lambda v: v > 0)
         check_real(self.weight_decay, "weight_decay", ">= 0", lambda v: v >= 0)
+        check_real(self.jacobian_penalty, "jacobian_penalty", ">= 0", lambda v: v >= 0)
+        if self.jacobian_penalty > 0:
+            check_real(self.jacobian_t_max, "jacobian_t_max", f"> t0 = {self.t0}",
+                       lambda v: v > self.t0)
         if not self.t0 < self.T:
             raise ValueError(f"need 0 < t0 < T, got t0={self.t0}, T={self.T}")
         if self.time_sampling not in TIME_SAMPLING:
@@ -130,6 +142,25 @@ def dsm_loss(
     a, s = alpha(t).view(shape), sigma(t).view(shape)
     residual = s * model(a * x0 + s * eps, t) + eps
     return residual.square().flatten(1).sum(1).mean()
+
+
+def jacobian_penalty(
+    model: nn.Module, x0: torch.Tensor, t: torch.Tensor, eps: torch.Tensor, v: torch.Tensor
+) -> torch.Tensor:
+    """Hutchinson estimate of E sigma_t^4 ||d s(x_t, t)/d x_t||_F^2 at x_t = alpha_t x0 +
+    sigma_t eps (x_t ~ P_hat_t), one probe v per row: E_v ||J^T v||^2 = ||J||_F^2 for v with
+    E v v^T = I (Rademacher or Gaussian). x0, eps, v: (batch, ...); t: (batch,).
+
+    Why sigma_t^4: sigma_t^2 s = alpha_t D - x for the posterior mean D, so the quantity is
+    ||alpha_t dD/dx - I||_F^2: about d for a denoiser that snaps to training points (the
+    empirical score, whose Lipschitz constant grows like sigma_t^-4, Lemma C.1) and about
+    d sigma_t^4 for the true score of data with O(1) covariance (dD/dx ~ I / alpha_t).
+    """
+    shape = (-1,) + (1,) * (x0.ndim - 1)
+    a, s = alpha(t).view(shape), sigma(t).view(shape)
+    x = (a * x0 + s * eps).detach().requires_grad_(True)
+    (jtv,) = torch.autograd.grad((model(x, t) * v).sum(), x, create_graph=True)
+    return (s.square().square() * jtv.square()).flatten(1).sum(1).mean()
 
 
 def checkpoint_path(folder: Path, model: nn.Module, data: torch.Tensor,
@@ -237,6 +268,12 @@ def train(
         eps = torch.randn((config.batch, *data.shape[1:]), generator=generator, dtype=data.dtype)
         with autocast:  # every rank draws the global batch and trains on its slice
             loss = dsm_loss(net, data[idx[lo:hi].to(dev)], t[lo:hi], eps[lo:hi].to(dev))
+        if config.jacobian_penalty > 0:  # extra draws only then: other runs keep their stream
+            small = LogUniformTimeSampler(config.t0, config.jacobian_t_max)
+            t_small = small.sample(config.batch, generator, torch.float64).to(dev, data.dtype)
+            probe = torch.randint(2, eps.shape, generator=generator).to(dev, data.dtype) * 2 - 1
+            loss = loss + config.jacobian_penalty * jacobian_penalty(
+                net, data[idx[lo:hi].to(dev)], t_small[lo:hi], eps[lo:hi].to(dev), probe[lo:hi])
         opt.zero_grad(set_to_none=True)
         loss.backward()
         for group in opt.param_groups:  # a function of the step: nothing extra to checkpoint
@@ -265,3 +302,26 @@ def train(
     bar.close()
     save()
     return model, ema, losses
+
+
+def train_snapshots(
+    model: nn.Module, data: torch.Tensor, config: TrainConfig, stops: list[int],
+    device: str | torch.device = "auto",
+) -> Iterator[tuple[int, nn.Module]]:
+    """Train ``model`` in place by ``train`` and yield (step, model) after each step count in
+    ``stops`` (increasing, <= config.steps): one run, paused and resumed through a private
+    checkpoint, so each snapshot equals the model an uninterrupted run has at that step
+    (same optimizer state, same draws). Copy a yielded model to keep it. Bad stops raise
+    ValueError at the call, before any training."""
+    if list(stops) != sorted(set(stops)) or not stops or stops[0] < 1 or stops[-1] > config.steps:
+        raise ValueError(f"stops must increase within [1, steps={config.steps}], got {stops}")
+    return _snapshots(model, data, config, list(stops), device)
+
+
+def _snapshots(model: nn.Module, data: torch.Tensor, config: TrainConfig, stops: list[int],
+               device: str | torch.device) -> Iterator[tuple[int, nn.Module]]:
+    with tempfile.TemporaryDirectory() as folder:
+        path = Path(folder) / "run.pt"
+        for stop in stops:
+            model, _, _ = train(model, data, config, path, device, False, stop_after=stop)
+            yield stop, model
