@@ -13,7 +13,8 @@ hand. Two ways to write one:
            classifiers' records, "dit_pruning_rerun" a rerun of the DiT study with other
            float rounding (figures/reruns/) and how it compares ("vs_original/..."),
            "dit_pruning_cifar" the committed cifar_cpu profile (figures/cifar_cpu/),
-           "width_vs_n_cpu" the committed cpu profile of width_vs_n (figures/cpu/).
+           "width_vs_n_cpu" the committed cpu profile of width_vs_n (figures/cpu/),
+           "mitigation_n64" the mitigation study's quick profile at n = 64 (figures/n64/).
            The format is Python's format spec, plus ``e``-formats
            written the short way (6.50e6, 1e-3), U+2212 for minus signs, an optional
            divisor in front ("/1e9 .3g": FLOP written as GFLOP) and suffix K or M at the
@@ -133,7 +134,8 @@ RERUNS = {"dit_pruning_rerun": ("dit_pruning", "reruns/dit_pruning_threads.json"
 # Committed results of a profile other than quick (runs.COMMITTED), with the facts and
 # blocks of their experiment: stem -> (experiment NAME, path under figures/).
 PROFILE_RESULTS = {"dit_pruning_cifar": ("dit_pruning", "cifar_cpu/dit_pruning.json"),
-                   "width_vs_n_cpu": ("width_vs_n", "cpu/width_vs_n.json")}
+                   "width_vs_n_cpu": ("width_vs_n", "cpu/width_vs_n.json"),
+                   "mitigation_n64": ("mitigation", "n64/mitigation.json")}
 
 
 def _module_of(stem: str) -> Any:
