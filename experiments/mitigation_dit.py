@@ -30,7 +30,7 @@ import torch
 from matplotlib.patches import Rectangle
 
 from experiments import dit_pruning as dp
-from experiments.common.config import Choice, Int, ListOf, Real
+from experiments.common.config import Choice, Int, ListOf
 from experiments.common.data import random_subset
 from experiments.common.features import extract_features, feature_extractor
 from experiments.common.plotting import COLORS, caption, new_figure, save_figure
@@ -51,7 +51,8 @@ from experiments.common.stats import (
     pooled_interval,
     seed_interval,
 )
-from experiments.mitigation import fmt_interval
+from experiments.mitigation import CONFIG_RULES as MIXTURE_RULES
+from experiments.mitigation import extraction_probe, fmt_interval
 from theory.process import generator
 
 NAME = "mitigation_dit"
@@ -64,24 +65,30 @@ _HELDOUT, _PRIOR = 31, 32  # theory.process.generator keys of this study
 PROFILES = {
     # smoke: the smallest DiT that memorizes some of 4 digits in seconds (about 0.3)
     "smoke": {**dp.PROFILES["smoke"], "n": 4, "depth": 2, "hidden_size": 64, "num_heads": 4,
-              "steps": 600, "batch": 32, "lr": 5e-3, "sampler_steps": 50,
+              "steps": 600, "batch": 32, "lr": 5e-3, "sampler_steps": 50, "workers": 2,
               "criteria": ["generalization_gap", "random"], "etas": [0.25],
-              "heldout_images": 64, "quality_tolerance": 0.05, "target_reduction": 0.8},
+              "heldout_images": 64, "quality_tolerance": 0.05, "target_reduction": 0.8,
+              "probe_times": [0.3, 1.0], "probe_repeats": 2, "probe_steps": 10},
     "quick": {**dp.PROFILES["quick"], "seeds": 3, "n": 32, "steps": 5000,
               "criteria": list(CRITERIA), "etas": [0.2, 0.4], "heldout_images": 512,
-              "quality_tolerance": 0.05, "target_reduction": 0.8},
+              "quality_tolerance": 0.05, "target_reduction": 0.8,
+              "probe_times": [0.3, 1.0], "probe_repeats": 8, "probe_steps": 100},
 }
 # CIFAR-10 at the Table 1 study's GPU and paper scales (never run: no GPU has been lent).
 PROFILES |= {name: {**dp.PROFILES[name], "criteria": list(CRITERIA), "etas": [0.2, 0.4],
-                    "heldout_images": 1000, "quality_tolerance": 0.05, "target_reduction": 0.8}
+                    "heldout_images": 1000, "quality_tolerance": 0.05, "target_reduction": 0.8,
+                    "probe_times": [0.3, 1.0], "probe_repeats": 8, "probe_steps": 100}
              for name in ("gpu", "paper")}
 for _cfg in PROFILES.values():  # keys of the Table 1 study that this study does not use
     for _key in ("eta", "sweep_seeds"):
         _cfg.pop(_key)
 
-CONFIG_RULES = {**dp.CONFIG_RULES, "criteria": ListOf(Choice(CRITERIA), distinct=True),
-                "heldout_images": Int(1), "quality_tolerance": Real(0.0, 1.0, low_open=True),
-                "target_reduction": Real(0.0, 1.0, low_open=True)}
+CONFIG_RULES = {
+    **dp.CONFIG_RULES,
+    **{k: MIXTURE_RULES[k] for k in ("probe_times", "probe_repeats", "probe_steps",
+                                     "quality_tolerance", "target_reduction")},
+    "criteria": ListOf(Choice(CRITERIA), distinct=True), "heldout_images": Int(1),
+}
 
 
 def check_config(config: dict) -> None:
@@ -91,9 +98,9 @@ def check_config(config: dict) -> None:
                          f"num_heads={config['num_heads']}")
 
 
-def seed_unit(config: dict, seed: int) -> dict:
-    """Original, original + fine-tuning, and every (criterion, eta) right after pruning and
-    after fine-tuning, for one seed (training subset and initialization)."""
+def setup(config: dict, seed: int) -> dict:
+    """The seed's training subset (n, C, S, S), held-out digits outside it, the feature
+    extractor with the real images' features, and a ``measure(model)`` of every number."""
     images, labels = dp.load_images(config)
     train_images, _, idx = random_subset(images, labels, config["n"], seed)
     rest = torch.ones(len(images), dtype=torch.bool)
@@ -106,57 +113,93 @@ def seed_unit(config: dict, seed: int) -> dict:
     real, _, _ = random_subset(images, labels, min(config["real_images"], len(images)), 0)
     real_features = extract_features(dp.feature_input(config, real), extractor)
     shape = tuple(train_images.shape[1:])
+    flat_train = train_images.flatten(1).float()
 
     def measure(model) -> dict:
+        """Memorization, FD/KID/precision/recall (dit_pruning.evaluate) and the extraction
+        probe (mitigation.extraction_probe on the flattened images)."""
         rep = dp.evaluate(config, dp.generate(config, model, shape, seed), train_images,
                           real_features, extractor)
+
+        def score(z: torch.Tensor, t: torch.Tensor) -> torch.Tensor:  # flat (B, d) <-> images
+            return model(z.view(-1, *shape), t).reshape(z.shape[0], -1)
+
+        rep["probe"] = {f"{t:g}": extraction_probe(score, flat_train, t, config, seed)
+                        for t in config["probe_times"]}
         return {k: v for k, v in rep.items() if k not in ("grid", "grid_nearest")}
 
-    def tuned(model):
-        return dp.fit(config, copy.deepcopy(model), train_images, config["finetune_steps"],
-                      config["finetune_lr"], seed)
+    return {"train": train_images, "heldout": heldout, "shape": shape, "device": dev,
+            "measure": measure, "real_features": real_features, "extractor": extractor}
 
-    base = dp.fit(config, dp.build(config, shape[0], shape[1], seed), train_images,
+
+def base_model(config: dict, env: dict, seed: int):
+    """The trained memorizing DiT of ``seed`` (dit_pruning's recipe, cached by content)."""
+    shape = env["shape"]
+    return dp.fit(config, dp.build(config, shape[0], shape[1], seed), env["train"],
                   config["steps"], config["lr"], seed)
-    noise = torch.randn((config["samples"], *shape), generator=generator(seed, _PRIOR))
-    prior = dp.evaluate(config, noise, train_images, real_features, extractor)
-    out = {"prior_fd": prior["fd"],
-           "runs": [{"method": "original", "eta": 0.0, "ft0": measure(base),
-                     "ft": measure(tuned(base))}]}
+
+
+def tuned(config: dict, env: dict, model, seed: int):
+    """``model`` fine-tuned on the training subset (a copy; cached by content)."""
+    return dp.fit(config, copy.deepcopy(model), env["train"], config["finetune_steps"],
+                  config["finetune_lr"], seed)
+
+
+def base_unit(config: dict, seed: int) -> dict:
+    """The original and the original with the same fine-tuning, FD of N(0, I) images."""
+    env = setup(config, seed)
+    base = base_model(config, env, seed)
+    noise = torch.randn((config["samples"], *env["shape"]), generator=generator(seed, _PRIOR))
+    prior = dp.evaluate(config, noise, env["train"], env["real_features"], env["extractor"])
+    return {"prior_fd": prior["fd"],
+            "runs": [{"method": "original", "eta": 0.0, "ft0": env["measure"](base),
+                      "ft": env["measure"](tuned(config, env, base, seed))}]}
+
+
+def criterion_unit(config: dict, criterion: str, seed: int) -> dict:
+    """The base pruned by ``criterion`` at every eta, right after pruning and after
+    fine-tuning; the number of dead heads (a zero training-loss mask gradient)."""
+    env = setup(config, seed)
+    base = base_model(config, env, seed)
     heads = AttentionHeads(base)
     common = dict(batches=config["importance_batches"], batch_size=config["batch"],
                   t0=config["t0"], T=config["T"], seed=seed)
-    data = train_images.to(dev)
+    data = env["train"].to(env["device"])
     sums = {"paper": mask_gradient_sums(heads, data, times="paper", **common),
             "small_t": mask_gradient_sums(heads, data, times="small_t",
-                                          heldout=heldout.to(dev), **common)}
+                                          heldout=env["heldout"].to(env["device"]), **common)}
     live = {k: a | b for (k, a), b in zip(live_groups(sums["paper"]).items(),
                                            live_groups(sums["small_t"]).values(), strict=True)}
-    out["dead"] = sum(int((~v).sum()) for v in live.values())
-    for criterion in config["criteria"]:
-        if criterion == "random":
-            scores = importance(heads, "random", seed=seed)
-        elif criterion == "generalization_gap":
-            scores = criterion_scores(criterion, sums["small_t"])
-        else:
-            law = criterion.removeprefix("mask_gradient_")
-            scores = criterion_scores("mask_gradient", sums["small_t" if law == "small_t"
-                                                           else "paper"])
-        for eta in config["etas"]:
-            small = prune(heads, select(scores, eta, heads.min_keep, live))
-            out["runs"].append({"method": criterion, "eta": eta, "ft0": measure(small),
-                                "ft": measure(tuned(small))})
-    return out
+    if criterion == "random":
+        scores = importance(heads, "random", seed=seed)
+    elif criterion == "generalization_gap":
+        scores = criterion_scores(criterion, sums["small_t"])
+    else:
+        law = criterion.removeprefix("mask_gradient_")
+        scores = criterion_scores("mask_gradient", sums["small_t" if law == "small_t"
+                                                       else "paper"])
+    runs = []
+    for eta in config["etas"]:
+        small = prune(heads, select(scores, eta, heads.min_keep, live))
+        runs.append({"method": criterion, "eta": eta, "ft0": env["measure"](small),
+                     "ft": env["measure"](tuned(config, env, small, seed))})
+    return {"dead": sum(int((~v).sum()) for v in live.values()), "runs": runs}
 
 
 def compute(config: dict, units: Units) -> dict:
-    """One unit per seed, in ``workers`` processes."""
-    tasks = [(f"seed={s}", seed_unit, (config, s)) for s in range(config["seeds"])]
-    done = run_units(units, tasks, config["workers"], "seeds")
-    seeds = [done[key] for key, _, _ in tasks]
-    runs = [{"seed": s, **run} for s, unit in enumerate(seeds) for run in unit["runs"]]
-    return {"runs": runs, "prior_fd": [u["prior_fd"] for u in seeds],
-            "dead": [u["dead"] for u in seeds]}
+    """The bases first, then one unit per (criterion, seed), in ``workers`` processes, all
+    queued at once so that no worker idles at a phase boundary (a criterion unit reads its
+    base from the checkpoint cache; if it ever started first it would train the same base
+    again and get the same numbers)."""
+    seeds = range(config["seeds"])
+    tasks = [(f"base/s={s}", base_unit, (config, s)) for s in seeds]
+    tasks += [(f"{c}/s={s}", criterion_unit, (config, c, s))
+              for s in seeds for c in config["criteria"]]
+    done = run_units(units, tasks, config["workers"], "bases and pruned models")
+    runs = [{"seed": args[-1], **run} for key, _, args in tasks for run in done[key]["runs"]]
+    return {"runs": runs, "prior_fd": [done[f"base/s={s}"]["prior_fd"] for s in seeds],
+            "dead": [max(done[f"{c}/s={s}"]["dead"] for c in config["criteria"])
+                     for s in seeds]}
 
 
 # -- what the notes quote ---------------------------------------------------------------------
@@ -209,7 +252,9 @@ def summary(result: dict, method: str, eta: float, phase: str) -> dict:
             "fd": float(np.mean([x["fd"] for x in reps])), "fd_change": fd.value,
             "fd_change_low": fd.low, "fd_change_high": fd.high,
             "precision": float(np.mean([x["precision"] for x in reps])),
-            "recall": float(np.mean([x["recall"] for x in reps]))}
+            "recall": float(np.mean([x["recall"] for x in reps])),
+            **{f"probe_{t}": float(np.mean([x["probe"][t] for x in reps]))
+               for t in reps[0].get("probe", {})}}
 
 
 def vs_random(result: dict, method: str, eta: float, phase: str) -> dict:
@@ -239,7 +284,9 @@ def facts(result: dict) -> dict[str, float]:
 
 
 def grid_table(result: dict) -> str:
-    """Every setting: memorization, reduction, quality loss, precision / recall, in band."""
+    """Every setting: memorization, reduction, FD change, quality loss, precision / recall,
+    extraction probe, in band."""
+    cfg = result["config"]
     rows = []
     for key in settings(result):
         s = summary(result, *key)
@@ -248,10 +295,12 @@ def grid_table(result: dict) -> str:
                      fmt_interval(s, "reduction", "+.0%"), fmt_interval(s, "fd_change", "+.1f"),
                      fmt_interval(s, "quality_loss", "+.3f"),
                      f"{s['precision']:.2f} / {s['recall']:.2f}",
+                     " / ".join(f"{s[f'probe_{t:g}']:.2f}" for t in cfg["probe_times"]),
                      "yes" if s["in_band"] else "no"])
+    times = " / ".join(f"t = {t:g}" for t in cfg["probe_times"])
     return markdown_table(["method", "eta", "", "memorization", "reduction (paired)",
                            "FD change (paired)", "quality loss q", "precision / recall",
-                           "in band"], rows)
+                           f"extraction probe {times}", "in band"], rows)
 
 
 def blocks(result: dict) -> dict[str, str]:
