@@ -45,6 +45,7 @@ Run: python -m experiments.mitigation [--profile smoke|quick|paper] [--set key=v
 from __future__ import annotations
 
 import copy
+import dataclasses
 import math
 import sys
 import time
@@ -62,6 +63,7 @@ from experiments.common.features import precision_recall
 from experiments.common.metrics import distance_ratio, energy_distance, two_nearest
 from experiments.common.plotting import COLORS, caption, new_figure, save_figure
 from experiments.common.pruning import (
+    Groups,
     HiddenUnits,
     criterion_scores,
     groups_to_remove,
@@ -82,6 +84,7 @@ from experiments.common.score_nets import (
     effect_cell,
     measure,
     paired_effect,
+    sampler_spec,
     train_config,
     train_score_net,
     training_set,
@@ -104,7 +107,6 @@ NAME = "mitigation"
 # Random streams of this study (theory.process.generator keys), apart from score_nets'.
 _HELDOUT, _REFERENCE, _LOSS_DRAWS, _PROBE, _GAUSSIAN, _GAP, _PRIOR = 21, 22, 23, 24, 25, 26, 27
 
-PAPER_BETA = (0.8, 2.0)  # the paper's Beta law of the importance times (App. D.1)
 CRITERIA = ("mask_gradient_paper", "mask_gradient_small_t", "generalization_gap", "oracle",
             "magnitude", "random")
 
@@ -225,11 +227,8 @@ def heldout_loss(net, draws: dict, t_min: float = 0.0) -> float:
 
 def sampler_of(config: dict, floor: float | None = None) -> SamplerSpec:
     """The study's sampler; with a noise floor tau: stop at tau, then the posterior-mean step."""
-    if floor is None:
-        return SamplerSpec(num=config["samples"], T=config["T"], t0=config["t0"],
-                           steps=config["sampler_steps"])
-    return SamplerSpec(num=config["samples"], T=config["T"], t0=floor,
-                       steps=config["sampler_steps"], denoise=True)
+    spec = sampler_spec(config)
+    return spec if floor is None else dataclasses.replace(spec, t0=floor, denoise=True)
 
 
 def extraction_probe(score, points: torch.Tensor, t_start: float, config: dict, seed: int,
@@ -308,8 +307,9 @@ def noise_floor(env: dict, config: dict, seed: int) -> dict:
 # -- units ------------------------------------------------------------------------------------
 
 
-def scores_of(criterion: str, groups: HiddenUnits, sums: dict) -> dict:
-    """The importance of one criterion from the two mask-gradient passes (per layer)."""
+def scores_of(criterion: str, groups: Groups, sums: dict) -> dict:
+    """The importance of one criterion from the two mask-gradient passes ``sums`` ("paper",
+    "small_t", and the "seed" of random scores), per layer; any ``Groups``."""
     if criterion == "mask_gradient_paper":
         return criterion_scores("mask_gradient", sums["paper"])
     if criterion == "mask_gradient_small_t":
@@ -329,8 +329,7 @@ def importance_passes(net, env: dict, config: dict, seed: int) -> dict:
     paper = mask_gradient_sums(groups, env["points"].float(), times="paper", **common)
     small = mask_gradient_sums(groups, env["points"].float(), times="small_t",
                                heldout=env["heldout"], true_score=env["mixture"].score, **common)
-    live = {k: a | b for (k, a), b in zip(live_groups(paper).items(),
-                                           live_groups(small).values(), strict=True)}
+    live = live_groups(paper, small)
     return {"paper": paper, "small_t": small, "live": live, "seed": seed}
 
 
@@ -345,7 +344,7 @@ def finetune_config(config: dict, seed: int, **changes):
     """The fine-tuning recipe: the training recipe at finetune_lr for the longest length."""
     base = train_config({**config, "lr": config["finetune_lr"]}, seed,
                         steps=int(config["finetune_steps"][-1]))
-    return base.__class__(**{**base.__dict__, **changes})
+    return dataclasses.replace(base, **changes)
 
 
 def after_pruning(net, config: dict, env: dict, seed: int, tune=None,
@@ -725,13 +724,13 @@ def facts(result: dict) -> dict[str, float]:
     steps = [x["final"]["step"] for x in r["runs"] if x["method"] == "early"]
     out["early_step_min"], out["early_step_max"] = min(steps), max(steps)
     # The importance time laws (theory, not measured): where their medians and tails fall.
-    ddpm = DDPMBetaTimeSampler()
-    u = special.betaincinv(*PAPER_BETA, 0.5)
+    ddpm = DDPMBetaTimeSampler()  # the "paper" law of importance_times, Beta(0.8, 2)
+    u = special.betaincinv(ddpm.a, ddpm.b, 0.5)
     out["ddpm/median_t"], out["ddpm/median_step"] = ddpm.median(), float(ddpm.step_index(
         np.array([u]))[0])
-    out["ddpm/above_T"] = 1 - float(special.betainc(*PAPER_BETA, np.searchsorted(
+    out["ddpm/above_T"] = 1 - float(special.betainc(ddpm.a, ddpm.b, np.searchsorted(
         ddpm.times, cfg["T"], side="right") / len(ddpm.times)))
-    out["ddpm/below_t0"] = float(special.betainc(*PAPER_BETA, np.searchsorted(
+    out["ddpm/below_t0"] = float(special.betainc(ddpm.a, ddpm.b, np.searchsorted(
         ddpm.times, cfg["t0"]) / len(ddpm.times)))
     out["linear/median_t"] = cfg["t0"] + (cfg["T"] - cfg["t0"]) * float(u)
     out["energy/gaussian"] = float(np.mean([b["gaussian_energy"] for b in bases]))

@@ -36,8 +36,6 @@ from experiments.common.features import extract_features, feature_extractor
 from experiments.common.plotting import COLORS, caption, new_figure, save_figure
 from experiments.common.pruning import (
     AttentionHeads,
-    criterion_scores,
-    importance,
     live_groups,
     mask_gradient_sums,
     prune,
@@ -52,7 +50,7 @@ from experiments.common.stats import (
     seed_interval,
 )
 from experiments.mitigation import CONFIG_RULES as MIXTURE_RULES
-from experiments.mitigation import extraction_probe, fmt_interval
+from experiments.mitigation import extraction_probe, fmt_interval, scores_of
 from theory.process import generator
 
 NAME = "mitigation_dit"
@@ -167,17 +165,10 @@ def criterion_unit(config: dict, criterion: str, seed: int) -> dict:
     data = env["train"].to(env["device"])
     sums = {"paper": mask_gradient_sums(heads, data, times="paper", **common),
             "small_t": mask_gradient_sums(heads, data, times="small_t",
-                                          heldout=env["heldout"].to(env["device"]), **common)}
-    live = {k: a | b for (k, a), b in zip(live_groups(sums["paper"]).items(),
-                                           live_groups(sums["small_t"]).values(), strict=True)}
-    if criterion == "random":
-        scores = importance(heads, "random", seed=seed)
-    elif criterion == "generalization_gap":
-        scores = criterion_scores(criterion, sums["small_t"])
-    else:
-        law = criterion.removeprefix("mask_gradient_")
-        scores = criterion_scores("mask_gradient", sums["small_t" if law == "small_t"
-                                                       else "paper"])
+                                          heldout=env["heldout"].to(env["device"]), **common),
+            "seed": seed}
+    live = live_groups(sums["paper"], sums["small_t"])
+    scores = scores_of(criterion, heads, sums)
     runs = []
     for eta in config["etas"]:
         small = prune(heads, select(scores, eta, heads.min_keep, live))

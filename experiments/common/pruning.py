@@ -445,10 +445,14 @@ def criterion_scores(method: str, sums: dict[str, Scores]) -> Scores:
     return normalize_per_layer(raw, signed=True)
 
 
-def live_groups(sums: dict[str, Scores]) -> dict[str, torch.Tensor]:
-    """bool (groups,) per layer: False where every training-loss mask gradient was exactly 0
-    (a dead ReLU unit, a silenced head): removing such a group changes nothing."""
-    return {k: v > 0 for k, v in sums["train_abs"].items()}
+def live_groups(*passes: dict[str, Scores]) -> dict[str, torch.Tensor]:
+    """bool (groups,) per layer: False where every training-loss mask gradient of every pass
+    (``mask_gradient_sums`` outputs) was exactly 0 (a dead ReLU unit, a silenced head):
+    removing such a group changes nothing."""
+    if not passes:
+        raise ValueError("live_groups needs at least one mask_gradient_sums output")
+    return {k: torch.stack([p["train_abs"][k] > 0 for p in passes]).any(0)
+            for k in passes[0]["train_abs"]}
 
 
 def importance(
