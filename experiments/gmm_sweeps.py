@@ -20,7 +20,7 @@ chance, log-likelihood = E log p(X)). The quick profile is a CPU-sized version: 
 of 14K-567K parameters and n = 16-256 instead of 24K-44M and 1K-100K, chosen so that the
 grid still crosses the memorization transition.
 
-Run: python -m experiments.gmm_sweeps [--profile smoke|quick|paper] [--set key=value] [--force]
+Run: python -m experiments.gmm_sweeps [--profile smoke|quick|gpu|paper] [--set key=value] [--force]
 """
 
 from __future__ import annotations
@@ -96,6 +96,13 @@ PROFILES = {
     },
 }
 
+# The GPU campaign's size (experiments/gpu_campaign.py runs the largest of its cuts that fits
+# its share of a lent GPU's minutes): the quick recipe (d = 32, 3,000 steps) on a grid with
+# 4x the n and the width, so that Fig. 3a's transition n can move with width.
+PROFILES["gpu"] = {**PROFILES["quick"], "workers": 1, "device": "auto",
+                   "ns": [16, 32, 64, 128, 256, 512, 1024],
+                   "widths": [64, 128, 256, 512, 1024, 2048]}
+
 
 def num_params(config: dict, d: int, width: int) -> int:
     """Parameters of the score network of width ``width`` at dimension d."""
@@ -111,6 +118,11 @@ def jobs(config: dict) -> list[tuple[int, int, int, float]]:
     grid += [(d, n, config["wd_width"], wd)
              for n in config["wd_ns"] for wd in config["weight_decays"]]
     return list(dict.fromkeys(grid))
+
+
+def reference_pairs(config: dict) -> list[tuple[int, int]]:
+    """Every (d, n) of the networks, once: each gets the exact empirical and true scores."""
+    return sorted({(d, n) for d, n, _, _ in jobs(config)})
 
 
 # -- one network: train, sample, measure --------------------------------------------------------
@@ -145,7 +157,7 @@ def compute(config: dict, units: Units) -> dict:
     nets = [{"d": d, "n": n, "width": width, "weight_decay": wd, "seed": s,
              "num_params": num_params(config, d, width), **done[key]}
             for key, _, (_, d, n, width, wd, s) in tasks]
-    pairs = sorted({(d, n) for d, n, _, _ in jobs(config)})
+    pairs = reference_pairs(config)
     tasks = [(f"ref/d={d}/n={n}/s={s}", run_references, (config, d, n, s))
              for d, n in pairs for s in seeds]
     done = run_units(units, tasks, config["workers"], "exact references")

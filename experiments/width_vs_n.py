@@ -22,7 +22,7 @@ smaller caps, from the same run, see ``FitBudget.snapshots``): a W* that moves b
   (f) duplicates: n points of which m are copies of the others (drawn at random among them)
       against n - m distinct points, paired by training seed.
 
-Run: python -m experiments.width_vs_n [--profile smoke|quick|cpu|paper] [--set key=value]
+Run: python -m experiments.width_vs_n [--profile smoke|quick|cpu|gpu|paper] [--set key=value]
      [--force]
 """
 
@@ -91,6 +91,12 @@ PROFILES = {
         "eval_draws": 16384,
     },
 }
+# The GPU campaign's size (experiments/gpu_campaign.py runs the largest of its cuts that fits
+# its share of a lent GPU's minutes): the paper profile's n range, widths and learning-rate
+# grid, three training sets, depths 2-3 and a cap of 6,400 steps (4x the quick profile's).
+PROFILES["gpu"] = {**PROFILES["paper"], "workers": 1, "seeds": 3, "depths": [2, 3],
+                   "interval_depths": [2], "dup_n": 64, "dup_copies": [32, 48, 56],
+                   "steps": 6400, "eval_draws": 8192}
 # The quick profile with two hidden layers only, widths to 512 and a 4x cap.
 PROFILES["cpu"] = {**PROFILES["quick"], "widths": [2, 4, 8, 16, 32, 64, 128, 256, 512],
                    "max_width_deep": 512, "depths": [2], "steps": 6400, "doublings": 3}
@@ -255,17 +261,24 @@ def _line(config: dict, fits: dict[int, list[dict]]) -> dict:
     return entry
 
 
-def compute(config: dict, units: Units) -> dict:
-    """Every number of the figure; one unit per sweep (panel, target, depth, n, copies, seed)."""
+def sweep_lines(config: dict) -> list[tuple[str, str, int, int, int, tuple[float, float]]]:
+    """Every width sweep of the figure but its seed, as (panel, target, depth, n, copies,
+    t_range); the duplicates panel reuses the main panel's sweeps with no copies."""
     t_main, t_int = (config["t_main"],) * 2, tuple(config["t_interval"])
-    seeds = range(config["seeds"])
-    # (panel, target, depth, n, copies, t_range); the duplicates reuse the main panel's m = 0.
     lines = [("main", tgt, depth, n, 0, t_main) for tgt in TARGETS for depth in config["depths"]
              for n in config["ns"]]
     lines += [("interval", tgt, depth, n, 0, t_int) for tgt in TARGETS
               for depth in config["interval_depths"] for n in config["ns"]]
     lines += [("duplicates", "empirical", config["dup_depth"], config["dup_n"], m, t_main)
               for m in config["dup_copies"]]
+    return lines
+
+
+def compute(config: dict, units: Units) -> dict:
+    """Every number of the figure; one unit per sweep (panel, target, depth, n, copies, seed)."""
+    t_int = tuple(config["t_interval"])
+    seeds = range(config["seeds"])
+    lines = sweep_lines(config)
     key = "{}/{}/L={}/n={}/m={}/s={}".format
     done = run_units(units, [(key(p, tgt, depth, n, m, s), sweep,
                               (config, n, m, tgt, depth, t, s))

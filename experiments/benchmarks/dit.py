@@ -36,6 +36,15 @@ inputs, the latent space of the DiT paper (``--channels 3`` for 32x32 RGB pixels
 paper profile trains). Precision: "auto" is bf16 autocast on CUDA (as ``train`` does) and
 float32 on CPU.
 
+Variants: ``attention`` forces one kernel of ``scaled_dot_product_attention`` through
+``torch.nn.attention.sdpa_kernel`` ("flash", "efficient", "cudnn", "math"; "auto" lets
+torch choose, as training does; "efficient" and "cudnn" exist on CUDA only), and
+``compile`` wraps the model in ``torch.compile`` with that backend ("inductor", the real
+one; "eager", dynamo's tracing without code generation, for tests). Compilation happens in
+the first call of each workload, timed apart as ``first_call_s`` and never in the timed
+calls; FLOPs are counted on the same model run eagerly (FlopCounterMode does not see inside
+compiled graphs, and compiling changes no FLOP of the model).
+
 Times are the median of ``--repeats`` timed calls after one untimed warm-up each, training
 and sampling taking turns (``experiments.benchmarks.common.time_methods``); on CUDA every
 call ends with a synchronize. The CPU share printed next to the CPU times (process CPU time /
@@ -53,11 +62,14 @@ from __future__ import annotations
 import argparse
 import math
 import statistics
+import time
 from collections.abc import Callable, Sequence
-from dataclasses import asdict, dataclass
+from contextlib import AbstractContextManager, nullcontext
+from dataclasses import asdict, dataclass, replace
 
 import torch
 from torch import nn
+from torch.nn.attention import SDPBackend, sdpa_kernel
 from torch.utils import flop_counter
 from torch.utils.flop_counter import FlopCounterMode
 
@@ -81,6 +93,8 @@ __all__ = [
     "QUICK",
     "MODELS",
     "PRECISIONS",
+    "ATTENTION",
+    "COMPILE",
     "build_model",
     "Workload",
     "make_workload",
@@ -101,6 +115,11 @@ TARGET_MODEL, TARGET_BATCH = "DiT-S/2", 256
 LATENT_SHAPE = (4, 32, 32)
 MODELS = tuple(PROFILES) + tuple(DIT_MODELS)
 PRECISIONS = ("auto", "float32", "bf16")
+# Names of the attention kernels (torch.nn.attention.SDPBackend members); "auto": torch picks.
+ATTENTION = {"auto": None, "flash": "FLASH_ATTENTION", "efficient": "EFFICIENT_ATTENTION",
+             "cudnn": "CUDNN_ATTENTION", "math": "MATH"}
+CUDA_ONLY_ATTENTION = ("efficient", "cudnn")
+COMPILE = ("off", "inductor", "eager")
 # An official size is trained as the paper profile trains DiT-S/2 (batch, lr, times).
 PRESET_PROFILE = "paper"
 QUICK = {"batch": 16, "steps": 2, "sample_passes": 2, "peak_size": 1024}
@@ -128,6 +147,8 @@ class BenchConfig:
     sampler_steps: int | None = None  # steps of the full sampler, for its implied images/s
     repeats: int = 3
     precision: str = "auto"  # auto: bf16 autocast on CUDA, float32 on CPU
+    attention: str = "auto"  # the SDPA kernel forced (ATTENTION); auto: torch picks
+    compile: str = "off"  # torch.compile backend (COMPILE); off: eager
     device: str = "auto"
     threads: int = 0  # 0: all cores this process may run on
     peak_size: int = 8192  # n of the n x n x n bf16 matmul timed for the peak (CUDA)
@@ -171,6 +192,11 @@ class BenchConfig:
             )
         if self.precision not in PRECISIONS:
             raise ValueError(f"precision must be one of {PRECISIONS}, got {self.precision!r}")
+        if self.attention not in ATTENTION:
+            raise ValueError(f"attention must be one of {tuple(ATTENTION)}, got "
+                             f"{self.attention!r}")
+        if self.compile not in COMPILE:
+            raise ValueError(f"compile must be one of {COMPILE}, got {self.compile!r}")
         threads = self.threads
         if isinstance(threads, bool) or not isinstance(threads, int) or threads < 0:
             raise ValueError(f"threads must be an integer >= 0 (0: all cores), got {threads!r}")
@@ -201,6 +227,15 @@ class BenchConfig:
         if dev.type == "cuda" and not torch.cuda.is_available():
             raise ValueError(f"device={self.device!r} was asked for, but CUDA is not available")
         return dev
+
+    def attention_context(self, device: torch.device) -> AbstractContextManager:
+        """A new context (one per ``with``) that forces the chosen attention kernel (a no-op
+        for "auto"); ValueError for a CUDA-only kernel on another device."""
+        if self.attention in CUDA_ONLY_ATTENTION and device.type != "cuda":
+            raise ValueError(f"attention={self.attention!r} has a CUDA kernel only, but the "
+                             f"device is {device.type}; use one of 'auto', 'flash', 'math'")
+        backend = ATTENTION[self.attention]
+        return nullcontext() if backend is None else sdpa_kernel(getattr(SDPBackend, backend))
 
     def autocast_dtype(self, device: torch.device) -> torch.dtype | None:
         """bf16 (autocast) or None (float32) for this precision on ``device``."""
@@ -240,6 +275,7 @@ class Workload:
 
     train_step(): one DSM step (forward, backward, clipping, AdamW), returns the loss.
     forward(): one score evaluation of the batch in no_grad, returns (B, C, S, S).
+    Both run the model compiled when cfg.compile says so, under cfg's attention kernel.
     train(): cfg.steps train steps; sample(): cfg.sample_passes reverse-SDE steps; both end
     with a CUDA synchronize and return their last output, so the caller can check it.
     """
@@ -266,7 +302,10 @@ def make_workload(cfg: BenchConfig) -> Workload:
     p = cfg.profile
     tc = TrainConfig(steps=1, batch=cfg.batch, lr=p["lr"], t0=p["t0"], T=p["T"],
                      time_sampling="log_uniform", grad_clip=1.0, seed=cfg.seed)
+    cfg.attention_context(dev)  # a kernel this device lacks fails before anything is built
     model = build_model(cfg).to(dev)
+    # the compiled module shares the model's parameters: the optimizer and the counts see one
+    run = model if cfg.compile == "off" else torch.compile(model, backend=cfg.compile)
     opt = torch.optim.AdamW(model.parameters(), lr=tc.lr, weight_decay=tc.weight_decay)
     gen = torch.Generator().manual_seed(cfg.seed)
     shape = (cfg.batch, cfg.channels, cfg.image_size, cfg.image_size)
@@ -282,8 +321,8 @@ def make_workload(cfg: BenchConfig) -> Workload:
 
     def train_step() -> torch.Tensor:
         model.train()
-        with autocast():
-            loss = dsm_loss(model, x0, t, eps)
+        with autocast(), cfg.attention_context(dev):
+            loss = dsm_loss(run, x0, t, eps)
         opt.zero_grad(set_to_none=True)
         loss.backward()
         nn.utils.clip_grad_norm_(model.parameters(), tc.grad_clip)
@@ -291,8 +330,8 @@ def make_workload(cfg: BenchConfig) -> Workload:
         return loss.detach()
 
     def score(z: torch.Tensor, tt: torch.Tensor) -> torch.Tensor:  # flat (B, d) <-> images
-        with autocast():
-            return model(z.view(shape), tt).reshape(z.shape[0], -1).float()
+        with autocast(), cfg.attention_context(dev):
+            return run(z.view(shape), tt).reshape(z.shape[0], -1).float()
 
     def forward() -> torch.Tensor:
         model.eval()
@@ -429,9 +468,19 @@ def _run(cfg: BenchConfig) -> dict:
     w = make_workload(cfg)
     dev, dit = w.device, w.model.dit
 
-    # FLOPs first (one extra training step; the model's speed does not depend on its weights).
-    fwd_flops, fwd_ops = count_flops(w.forward)
-    step_flops, step_ops = count_flops(w.train_step)
+    # The first call of each workload, timed apart: compilation (when asked for) happens here.
+    first_call_s = {}
+    for name, call in (("train_step", w.train_step), ("forward", w.forward)):
+        start = time.perf_counter()
+        call()
+        _synchronize(dev)
+        first_call_s[name] = time.perf_counter() - start
+
+    # FLOPs (one extra training step; the model's speed does not depend on its weights),
+    # counted on the eager model: the counter does not see inside compiled graphs.
+    counted = w if cfg.compile == "off" else make_workload(replace(cfg, compile="off"))
+    fwd_flops, fwd_ops = count_flops(counted.forward)
+    step_flops, step_ops = count_flops(counted.train_step)
     analytic = analytic_forward_flops(dit, cfg.batch)
 
     times, share = time_methods({"train": w.train, "sample": w.sample}, cfg.repeats)
@@ -486,6 +535,7 @@ def _run(cfg: BenchConfig) -> dict:
             "patch_size": dit.patch_size, "tokens": dit.x_embedder.num_patches,
             "parameters": w.parameters, "parametrization": w.model.parametrization,
         },
+        "first_call_s": first_call_s,
         "times_s": times,
         "median_s": median,
         "cpu_share": share,
@@ -519,6 +569,7 @@ def format_report(res: dict) -> str:
     """The results of ``run_benchmark`` as a small plain-text table."""
     cfg, env, m, f = res["config"], res["environment"], res["model"], res["flops"]
     tp, med, ts = res["throughput"], res["median_s"], res["times_s"]
+    first = res["first_call_s"]
     cpu = env["device"] == "cpu"
     load = env["load_average_1min_before"]
     lines = [
@@ -528,9 +579,12 @@ def format_report(res: dict) -> str:
         f"{cfg['image_size']} inputs, batch {cfg['batch']}",
         f"device={env['device_name']} "
         f"precision={'bf16 autocast' if env['autocast'] else 'float32'} "
+        f"attention={cfg['attention']} compile={cfg['compile']} "
         f"threads={env['threads']} torch={env['torch']} "
         f"load(1 min, before)={'-' if load is None else f'{load:.2f}'}",
-        f"median of {cfg['repeats']} timed calls (round robin, after one warm-up each)",
+        f"median of {cfg['repeats']} timed calls (round robin, after one warm-up each); "
+        f"first calls (compilation included): train step {first['train_step']:.2f} s, "
+        f"forward {first['forward']:.2f} s",
         "",
         f"{'measure':<44} {'median s':>9} {'min-max s':>15} {'images/s':>10} {'GFLOP/s':>8}"
         + (f" {'CPU share':>9}" if cpu else ""),
@@ -604,6 +658,10 @@ def _parser() -> argparse.ArgumentParser:
                    default=None, help="steps of a full sampler (default: the profile's)")
     p.add_argument("--repeats", type=int, default=d.repeats, help="timed calls")
     p.add_argument("--precision", choices=PRECISIONS, default=d.precision)
+    p.add_argument("--attention", choices=tuple(ATTENTION), default=d.attention,
+                   help="force this scaled_dot_product_attention kernel (auto: torch picks)")
+    p.add_argument("--compile", choices=COMPILE, default=d.compile,
+                   help="torch.compile backend (off: eager; eager: tracing only, for tests)")
     p.add_argument("--device", default=d.device)
     p.add_argument("--threads", type=int, default=d.threads, help="0: all cores")
     p.add_argument("--peak-size", "--peak_size", dest="peak_size", type=int, default=None,
@@ -616,24 +674,31 @@ def _parser() -> argparse.ArgumentParser:
 
 def main(argv: Sequence[str] | None = None) -> dict:
     """Command-line entry point; prints the report, writes the JSON, returns the result."""
-    args = _parser().parse_args(argv)
+    parser = _parser()
+    args = parser.parse_args(argv)
     d = BenchConfig()
     size = QUICK if args.quick else {"batch": None, "steps": d.steps,
                                      "sample_passes": d.sample_passes,
                                      "peak_size": d.peak_size}
     chosen = {k: getattr(args, k) for k in size}
-    cfg = BenchConfig(
-        model=args.model,
-        image_size=args.image_size,
-        channels=args.channels,
-        sampler_steps=args.sampler_steps,
-        repeats=args.repeats,
-        precision=args.precision,
-        device=args.device,
-        threads=args.threads,
-        seed=args.seed,
-        **{k: size[k] if v is None else v for k, v in chosen.items()},
-    )
+    try:
+        cfg = BenchConfig(
+            model=args.model,
+            image_size=args.image_size,
+            channels=args.channels,
+            sampler_steps=args.sampler_steps,
+            repeats=args.repeats,
+            precision=args.precision,
+            attention=args.attention,
+            compile=args.compile,
+            device=args.device,
+            threads=args.threads,
+            seed=args.seed,
+            **{k: size[k] if v is None else v for k, v in chosen.items()},
+        )
+        cfg.attention_context(cfg.resolve_device())  # a kernel or device this machine lacks
+    except ValueError as err:
+        parser.error(str(err))
     return finish_main(cfg, args, run_benchmark, format_report, DEFAULT_JSON)
 
 

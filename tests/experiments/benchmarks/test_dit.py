@@ -119,6 +119,8 @@ def test_defaults_resolve_from_model() -> None:
         ({"model": "DiT-S/4", "image_size": 30}, "image_size"),
         ({"sample_passes": 300, "sampler_steps": 200}, "sample_passes"),
         ({"device": "gpu0"}, "device"),
+        ({"attention": "fast"}, "attention"),
+        ({"compile": "max-autotune"}, "compile"),
     ],
 )
 def test_bad_config_raises(kwargs: dict, name: str) -> None:
@@ -126,6 +128,40 @@ def test_bad_config_raises(kwargs: dict, name: str) -> None:
         bd.BenchConfig(**kwargs)
 
 
-def test_bad_cli_model_raises() -> None:
-    with pytest.raises(ValueError, match="model"):
+def test_bad_cli_model_is_a_usage_error_naming_it(capsys: pytest.CaptureFixture) -> None:
+    with pytest.raises(SystemExit) as info:
         bd.main(["--model", "nope", "--quick"])
+    assert info.value.code == 2 and "model must be" in capsys.readouterr().err
+
+
+def test_a_cuda_only_kernel_on_cpu_is_refused_naming_it(capsys: pytest.CaptureFixture) -> None:
+    cfg = bd.BenchConfig(**bd.QUICK, attention="efficient", device="cpu")
+    with pytest.raises(ValueError, match="attention='efficient' has a CUDA kernel only"):
+        bd.make_workload(cfg)
+    with pytest.raises(SystemExit) as info:
+        bd.main(["--quick", "--attention", "cudnn", "--device", "cpu", "--no-json"])
+    assert info.value.code == 2 and "attention='cudnn'" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("variant", [{"attention": "flash"}, {"attention": "math"},
+                                     {"compile": "eager"}])
+def test_every_variant_times_the_same_computation(variant: dict) -> None:
+    """A forced attention kernel or a compiled module computes the eager model's outputs and
+    gradients from the same initialization (the compiled module shares its parameters)."""
+    base = bd.make_workload(bd.BenchConfig(**bd.QUICK, device="cpu"))
+    other = bd.make_workload(bd.BenchConfig(**bd.QUICK, device="cpu", **variant))
+    torch.testing.assert_close(other.forward(), base.forward(), rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(other.train_step(), base.train_step(), rtol=1e-5, atol=1e-6)
+    # the optimizer stepped the shared parameters: the next outputs agree as well
+    torch.testing.assert_close(other.forward(), base.forward(), rtol=1e-4, atol=1e-4)
+
+
+def test_a_compiled_run_counts_the_eager_models_flops_and_times_its_first_call() -> None:
+    eager = bd.run_benchmark(bd.BenchConfig(**bd.QUICK, repeats=1, threads=1, device="cpu"))
+    compiled = bd.run_benchmark(bd.BenchConfig(**bd.QUICK, repeats=1, threads=1, device="cpu",
+                                               compile="eager"))
+    assert compiled["flops"]["train_step"] == eager["flops"]["train_step"] > 0
+    assert compiled["flops"]["forward"] == eager["flops"]["forward"] > 0
+    assert set(compiled["first_call_s"]) == {"train_step", "forward"}
+    assert all(_finite_positive(s) for s in compiled["first_call_s"].values())
+    assert "compile=eager" in bd.format_report(compiled)
