@@ -35,6 +35,7 @@ __all__ = [
     "load_average",
     "environment",
     "time_methods",
+    "matmul_peak",
     "timing_table",
     "peak_readings",
     "measure_call_peak",
@@ -105,6 +106,30 @@ def time_methods(
     share = {name: cpu[name] / (threads * sum(times[name])) for name in fns}
     return times, share
 
+
+def matmul_peak(size: int, device: torch.device, repeats: int = 3, iters: int = 10,
+                dtype: torch.dtype = torch.bfloat16) -> float:
+    """Measured matmul rate in FLOP/s: median over repeats of ``iters`` size^3 matmuls.
+
+    One untimed warm-up call first; each timed call ends with a CUDA synchronize. The DiT
+    benchmark measures the bf16 peak on CUDA (a CPU bf16 matmul is no peak), the ensemble
+    benchmark the float32 peak of the CPU.
+    """
+    if size < 1 or repeats < 1 or iters < 1:
+        raise ValueError(f"size, repeats and iters must be >= 1, got {size}, {repeats}, {iters}")
+    gen = torch.Generator(device=device).manual_seed(0)
+    a = torch.randn(size, size, generator=gen, device=device, dtype=dtype)
+    b = torch.randn(size, size, generator=gen, device=device, dtype=dtype)
+    c = torch.empty(size, size, device=device, dtype=dtype)
+
+    def call() -> None:
+        for _ in range(iters):
+            torch.mm(a, b, out=c)
+        if device.type == "cuda":
+            torch.cuda.synchronize(device)
+
+    times, _ = time_methods({"mm": call}, repeats)
+    return 2 * size**3 * iters / statistics.median(times["mm"])
 
 def timing_table(
     labels: dict[str, str], times: dict[str, list[float]], gflop: float,

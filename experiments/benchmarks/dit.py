@@ -79,6 +79,7 @@ from experiments.benchmarks.common import (
     environment,
     finish_main,
     load_average,
+    matmul_peak,
     n_cores,
     time_methods,
 )
@@ -416,29 +417,6 @@ def analytic_forward_flops(dit: DiT, batch: int) -> int:
 
 
 # -- the bf16 matmul peak -------------------------------------------------------------------
-
-
-def matmul_peak(size: int, device: torch.device, repeats: int = 3, iters: int = 10,
-                dtype: torch.dtype = torch.bfloat16) -> float:
-    """Measured matmul rate in FLOP/s: median over repeats of ``iters`` size^3 matmuls.
-
-    One untimed warm-up call first; each timed call ends with a CUDA synchronize. On CPU it
-    runs too (the benchmark does not call it there: a CPU bf16 matmul is no peak).
-    """
-    if size < 1 or repeats < 1 or iters < 1:
-        raise ValueError(f"size, repeats and iters must be >= 1, got {size}, {repeats}, {iters}")
-    gen = torch.Generator(device=device).manual_seed(0)
-    a = torch.randn(size, size, generator=gen, device=device, dtype=dtype)
-    b = torch.randn(size, size, generator=gen, device=device, dtype=dtype)
-    c = torch.empty(size, size, device=device, dtype=dtype)
-
-    def call() -> None:
-        for _ in range(iters):
-            torch.mm(a, b, out=c)
-        _synchronize(device)
-
-    times, _ = time_methods({"mm": call}, repeats)
-    return 2 * size**3 * iters / statistics.median(times["mm"])
 
 
 # -- the benchmark ------------------------------------------------------------------------
