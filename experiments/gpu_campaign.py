@@ -29,7 +29,7 @@ The parts, in the order they run (``--parts`` picks some; the default is all):
    gives fixed seconds plus seconds per step. Every other unit is smaller, so its estimate
    is an upper bound.
 2. *Plan*: the benchmark's seconds from the probe's rates (plus a fixed allowance for
-   compiling, ``COMPILE_S``); what is left (less a safety margin) is shared by weight
+   compiling, ``SIZES[...]["compile_s"]``); what is left (less a safety margin) is shared by weight
    (``WEIGHTS``) between the studies; the MLP studies take the largest cut within their
    share, and the DiT study gets everything they leave.
 3. *Run*: each part in turn into ``--out``; ``campaign.json`` (rewritten after every part)
@@ -87,7 +87,6 @@ SIZES = {
                           "compiled": {"compile": "eager"}},
              "compile_s": 10.0},
 }
-COMPILE_S = {size: s["compile_s"] for size, s in SIZES.items()}
 
 
 @dataclass(frozen=True)
@@ -119,12 +118,12 @@ def bench_seconds(size: str, rates: Rates) -> float:
     """Estimated seconds of the benchmark part at ``rates`` (the eager model's): every
     variant calls each workload repeats + 2 times (warm-up, timed calls, finiteness check),
     plus one step and pass for its first call and one for the FLOP count, counted as one
-    more call (run_benchmark); the compiled variant also compiles (COMPILE_S)."""
+    more call (run_benchmark); the compiled variant also compiles (the size's compile_s)."""
     s = SIZES[size]
     one = (s["bench_repeats"] + 3) * (s["bench_steps"] * rates.step_s
                                        + s["bench_passes"] * rates.pass_s)
     compiled = sum(bool(v.get("compile")) for v in s["variants"].values())
-    return len(s["variants"]) * one + compiled * COMPILE_S[size]
+    return len(s["variants"]) * one + compiled * s["compile_s"]
 
 
 def dit_study_seconds(config: dict, rates: Rates) -> float:

@@ -57,8 +57,8 @@ NAME = "width_vs_n"
 # Depth >= 2 needs far fewer units, so its grid stops at max_width_deep. steps is the cap
 # of the plateau rule; W* is also read at steps / 2, steps / 4, ... (``doublings`` of them:
 # the budget check). flat_tol and the eps grid were fixed before the run that produced the
-# committed JSON. The cpu profile (under an hour on 2 cores) trades depth 1 for a cap 4x the
-# quick one and widths to 512: are the fits of two hidden layers capacity-limited there?
+# committed JSON. The cpu profile (about an hour on 2 cores, n to 256) trades depth 1 for
+# a cap 4x the quick one and widths to 512: are the fits of two layers capacity-limited there?
 PROFILES = {
     "smoke": {
         "seed": 0, "workers": 1, "device": "cpu", "dtype": "float32", "d": 4, "K": 4,
@@ -97,8 +97,9 @@ PROFILES = {
 PROFILES["gpu"] = {**PROFILES["paper"], "workers": 1, "seeds": 3, "depths": [2, 3],
                    "interval_depths": [2], "dup_n": 64, "dup_copies": [32, 48, 56],
                    "steps": 6400, "eval_draws": 8192}
-# The quick profile with two hidden layers only, widths to 512 and a 4x cap.
-PROFILES["cpu"] = {**PROFILES["quick"], "widths": [2, 4, 8, 16, 32, 64, 128, 256, 512],
+# The quick profile with two hidden layers only, n to 256, widths to 512 and a 4x cap.
+PROFILES["cpu"] = {**PROFILES["quick"], "ns": [4, 8, 16, 32, 64, 128, 256],
+                   "widths": [2, 4, 8, 16, 32, 64, 128, 256, 512],
                    "max_width_deep": 512, "depths": [2], "steps": 6400, "doublings": 3}
 TARGETS = ("empirical", "true")
 BUDGET_MOVE = 0.2  # a W* that moves by more than this (relative) when the cap doubles

@@ -2,7 +2,7 @@
 
     python -m figures                     # quick profile, into figures/ (what the README shows)
     python -m figures --profile cifar_cpu --force   # the CPU-scale CIFAR-10 study (~40 min)
-    python -m figures --profile cpu --force         # Thm 5.1 at a 4x budget (~50 min)
+    python -m figures --profile cpu --force         # Thm 5.1 at a 4x budget, n to 256 (~55 min)
     python -m figures --profile paper     # paper scale (GPU), into runs/paper/
     python -m figures --only loss_gap --force
 
