@@ -437,7 +437,6 @@ def run(plan: Plan, rates: dict, out: Path) -> dict:
             part = {"error": f"{type(err).__name__}: {err}", "traceback": traceback.format_exc()}
         record["parts"][name] = {**part, "wall_s": time.perf_counter() - start}
         atomic_write_json(out / "campaign.json", record)
-    atomic_write_json(out / "campaign.json", record)
     return record
 
 
